@@ -1,0 +1,3 @@
+from .hooks import EarlyPruningHook, SelfDistillHook
+
+__all__ = ['EarlyPruningHook', 'SelfDistillHook']

@@ -1,0 +1,271 @@
+"""Prune the network before training starts (EPSD and its baselines)."""
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from mmengine import dist
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.utils import ProgressBar
+from torch import Tensor, nn
+
+from epsd_mm.pruning import (SCORERS, apply_masks, attach_mask_buffers,
+                             compute_scores,
+                             format_sparsity_table, get_masks,
+                             prunable_parameters, register_mask_enforcement,
+                             select_masks, sparsity_stats)
+from epsd_mm.registry import HOOKS
+
+SCORING_LOSSES = ('sd', 'task')
+# Criteria that need no training batches.
+DATA_FREE = ('magnitude', 'random', 'synflow')
+MASK_SUFFIX = '_mask'
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+def overall_sparsity(model: nn.Module) -> Optional[float]:
+    """Fraction of masked weights that are zero, ``None`` if unpruned."""
+    stats = sparsity_stats(model)
+    if not stats:
+        return None
+    return sum(s.zeros for s in stats) / sum(s.numel for s in stats)
+
+
+@HOOKS.register_module()
+class EarlyPruningHook(Hook):
+    """Score every prunable weight before training and cut to a sparsity.
+
+    At ``before_train`` the hook draws ``num_batches`` batches from the train
+    dataloader (through the model's data preprocessor), scores the prunable
+    weights with ``criterion`` on the *scoring loss*, keeps the best
+    ``1 - sparsity`` fraction and stores the masks as ``*.weight_mask``
+    buffers. Pruned weights are zeroed and stay exactly zero after every
+    optimizer step. Masks travel in checkpoints: on resume (or ``load_from`` a
+    pruned checkpoint) they are restored and nothing is re-scored.
+
+    With ``loss='sd'`` the scoring loss is the task loss plus the model's SD
+    loss, exactly as in training (EPSD); with ``loss='task'`` the SD term is
+    switched off (the "simple combination" baseline). During scoring the SD
+    state is defined at initialisation: DLB's previous-batch targets come from
+    the previous inner step, PS-KD's teacher is the network at the start of
+    scoring with the final strength ``alpha_T``, CS-KD's partners come from
+    the pair sampler of the train loader.
+
+    Under DDP every rank scores its own batches, the scores are averaged over
+    ranks and rank 0's masks are broadcast, so all ranks hold identical masks.
+
+    Args:
+        sparsity (float): Fraction of the prunable weights set to zero, in
+            ``[0, 1)``. Defaults to 0.9.
+        criterion (str): One of ``'prospr'``, ``'snip'``, ``'grasp'``,
+            ``'synflow'``, ``'magnitude'``, ``'random'``.
+            Defaults to ``'prospr'``.
+        criterion_cfg (dict, optional): Keyword arguments of the criterion,
+            e.g. ``dict(num_steps=3, lr=0.1, first_order=False)`` for prospr
+            or ``dict(input_shape=(1, 3, 64, 64), rounds=100)`` for synflow.
+            Defaults to ProsPr's ``num_steps=3, lr=0.1, first_order=False``
+            when the criterion is prospr, else no arguments.
+        loss (str): Scoring loss, ``'sd'`` (EPSD) or ``'task'``.
+            Defaults to ``'sd'``.
+        scopes (Sequence[str]): Module names (or globs) whose Conv/Linear
+            weights are prunable. Defaults to ``('backbone',)``.
+        num_batches (int): Batches drawn for scoring; prospr takes one inner
+            step per batch and cycles if it needs more. Ignored by data-free
+            criteria. Defaults to 4.
+        selection (str): ``'global'`` top-k over all layers or
+            ``'layerwise'``. Defaults to ``'global'``.
+        min_density (float): Floor of kept weights per layer; 0 raises an
+            error when a layer would be fully pruned. Defaults to 0.
+    """
+
+    priority = 'VERY_HIGH'  # masks must exist before other hooks train
+
+    def __init__(self,
+                 sparsity: float = 0.9,
+                 criterion: str = 'prospr',
+                 criterion_cfg: Optional[dict] = None,
+                 loss: str = 'sd',
+                 scopes: Union[str, Sequence[str]] = ('backbone', ),
+                 num_batches: int = 4,
+                 selection: str = 'global',
+                 min_density: float = 0.0) -> None:
+        if not 0 <= sparsity < 1:
+            raise ValueError(
+                f'EarlyPruningHook: sparsity must be in [0, 1), got '
+                f'{sparsity}. It is the fraction of prunable weights set to '
+                'zero, e.g. sparsity=0.9 keeps 10%.')
+        if criterion not in SCORERS:
+            raise ValueError(
+                f'EarlyPruningHook: unknown criterion {criterion!r}; choose '
+                f'one of {sorted(SCORERS)}.')
+        if loss not in SCORING_LOSSES:
+            raise ValueError(
+                f"EarlyPruningHook: loss must be 'sd' (EPSD) or 'task' "
+                f'(simple combination), got {loss!r}.')
+        if num_batches < 0 or (num_batches == 0
+                               and criterion not in DATA_FREE):
+            raise ValueError(
+                f'EarlyPruningHook: criterion {criterion!r} needs '
+                f'num_batches >= 1, got {num_batches}.')
+        if criterion_cfg is None:
+            criterion_cfg = (
+                dict(num_steps=3, lr=0.1, first_order=False)
+                if criterion == 'prospr' else {})
+        self.sparsity = sparsity
+        self.criterion = criterion
+        self.criterion_cfg = dict(criterion_cfg)
+        self.loss = loss
+        self.scopes = (scopes, ) if isinstance(scopes, str) else tuple(scopes)
+        self.num_batches = num_batches if criterion not in DATA_FREE else 0
+        self.selection = selection
+        self.min_density = min_density
+        self._enforcement = None
+
+    # Validation before any checkpoint exists ---------------------------
+    def before_run(self, runner) -> None:
+        model = _unwrap(runner.model)
+        prunable_parameters(model, self.scopes)  # raises on an empty scope
+        if self.loss == 'sd' and getattr(model, 'sd_loss', None) is None:
+            raise ValueError(
+                "EarlyPruningHook(loss='sd') scores with the model's "
+                f'self-distillation loss, but {type(model).__name__} has no '
+                "`sd_loss`. Configure model.sd_loss (e.g. dict(type='DLBLoss'"
+                ")) or score with loss='task'.")
+
+    # Checkpoints -------------------------------------------------------
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Create mask buffers for the masks a checkpoint carries, so that
+        loading the state dict restores them (called before the load)."""
+        names = [
+            key[:-len(MASK_SUFFIX)]
+            for key in checkpoint.get('state_dict', {})
+            if key.endswith('.weight' + MASK_SUFFIX)
+        ]
+        names = [name[len('module.'):] if name.startswith('module.') else name
+                 for name in names]
+        if names:
+            attach_mask_buffers(_unwrap(runner.model), names)
+
+    # Pruning -----------------------------------------------------------
+    def before_train(self, runner) -> None:
+        model = _unwrap(runner.model)
+        if get_masks(model):
+            runner.logger.info(
+                'EarlyPruningHook: masks restored from the checkpoint; '
+                'not re-scoring.')
+        else:
+            self._prune(runner, model)
+        self._log_sparsity(runner, model)
+        if self._enforcement is None:
+            self._enforcement = register_mask_enforcement(
+                runner.optim_wrapper.optimizer, model)
+
+    def _prune(self, runner, model: nn.Module) -> None:
+        params = prunable_parameters(model, self.scopes)
+        batches = self._draw_batches(runner, model)
+        runner.logger.info(
+            f'EarlyPruningHook: scoring {len(params)} layers with '
+            f'{self.criterion} on the {self.loss} loss '
+            f'({len(batches)} batches, {self.criterion_cfg}).')
+        with _scoring_state(model, self.loss):
+            scores = compute_scores(
+                model,
+                self._loss_fn(model, runner.rank == 0),
+                batches,
+                criterion=self.criterion,
+                params=params,
+                **self.criterion_cfg)
+        if runner.rank == 0:
+            print()  # end the progress line
+        for score in scores.values():
+            dist.all_reduce(score, op='mean')  # no-op when not distributed
+        masks = select_masks(
+            scores,
+            self.sparsity,
+            scope=self.selection,
+            min_density=self.min_density)
+        if dist.get_world_size() > 1:
+            # Ties or per-rank randomness must not split the ranks' masks.
+            for name, mask in masks.items():
+                synced = mask.to(torch.uint8)
+                dist.broadcast(synced, src=0)
+                masks[name] = synced.to(mask.dtype)
+        apply_masks(model, masks)
+
+    def _draw_batches(self, runner, model: nn.Module) -> List[dict]:
+        if self.num_batches == 0:
+            return []
+        batches = []
+        for data in runner.train_loop.dataloader:
+            batches.append(model.data_preprocessor(data, training=True))
+            if len(batches) == self.num_batches:
+                return batches
+        raise ValueError(
+            f'EarlyPruningHook: the train dataloader yielded only '
+            f'{len(batches)} batches but num_batches={self.num_batches}. '
+            'Lower num_batches, or use more data / drop_last=False.')
+
+    def _loss_fn(self, model: nn.Module,
+                 show_progress: bool) -> Callable[[nn.Module, dict], Tensor]:
+        progress = ProgressBar(0) if show_progress else None
+
+        def loss_fn(module: nn.Module, batch: dict) -> Tensor:
+            losses = module(**batch, mode='loss')
+            loss, _ = module.parse_losses(losses)
+            if progress is not None:
+                progress.update()
+            return loss
+
+        return loss_fn
+
+    # Reporting ---------------------------------------------------------
+    def _log_sparsity(self, runner, model: nn.Module) -> None:
+        runner.logger.info('EarlyPruningHook: per-layer sparsity\n' +
+                           format_sparsity_table(sparsity_stats(model)))
+
+    def _add_sparsity(self, runner, metrics: Optional[Dict[str,
+                                                           float]]) -> None:
+        sparsity = overall_sparsity(_unwrap(runner.model))
+        if metrics is not None and sparsity is not None:
+            metrics['sparsity'] = sparsity
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        self._add_sparsity(runner, metrics)
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        self._add_sparsity(runner, metrics)
+
+
+class _scoring_state:
+    """Put a self-distilling model in its scoring state and restore it.
+
+    ``loss='task'`` switches the SD term off. PS-KD gets the network at the
+    start of scoring as teacher and its final strength (progress 1). DLB's
+    previous batch is cleared before and after, so training starts clean.
+    """
+
+    def __init__(self, model: nn.Module, loss: str) -> None:
+        self.model = model
+        self.loss = loss
+        self.is_sd = hasattr(model, 'sd_enabled')
+
+    def __enter__(self) -> None:
+        if not self.is_sd:
+            return
+        model = self.model
+        self.saved = (model.sd_enabled, model.sd_progress, model.sd_teacher)
+        model.sd_enabled = model.sd_enabled and self.loss == 'sd'
+        model.reset_sd_state()
+        if model.sd_enabled and model.sd_method == 'pskd':
+            model.sd_progress = 1.0
+            model.set_sd_teacher(model.sd_snapshot())
+
+    def __exit__(self, *exc) -> None:
+        if not self.is_sd:
+            return
+        model = self.model
+        model.sd_enabled, model.sd_progress, teacher = self.saved
+        model.set_sd_teacher(teacher)
+        model.reset_sd_state()

@@ -1,0 +1,111 @@
+"""Gradient criteria at the current weights: SNIP and GraSP."""
+from typing import Any, Callable, Dict, Iterable, List, Mapping
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..functional import (as_batch_list, call_with_tensors, preserved_state,
+                          scalar_loss)
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+
+
+def _leaves(params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Fresh leaf tensors sharing storage with the weights.
+
+    Differentiating with respect to them never touches ``param.grad`` and
+    works for frozen weights too.
+    """
+    return {
+        name: w.detach().requires_grad_(True)
+        for name, w in params.items()
+    }
+
+
+def _grads(loss: Tensor, leaves: Dict[str, Tensor],
+           create_graph: bool = False) -> List[Tensor]:
+    """Gradients of ``loss`` w.r.t. ``leaves``, zeros for unused ones."""
+    inputs = list(leaves.values())
+    grads = torch.autograd.grad(
+        loss, inputs, create_graph=create_graph, allow_unused=True)
+    return [
+        torch.zeros_like(x) if g is None else g
+        for x, g in zip(inputs, grads)
+    ]
+
+
+def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
+                params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """SNIP connection sensitivity ``|w * dL/dw|``.
+
+    The gradient is summed over all ``batches``. The model (parameters,
+    buffers, modes, ``.grad``) is left unchanged.
+
+    Args:
+        model (nn.Module): The model, in the mode to score in.
+        loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
+        batches (Iterable): Batches passed to ``loss_fn``.
+        params (Mapping[str, Tensor]): Prunable weights by name.
+
+    Returns:
+        dict[str, Tensor]: Non-negative scores, detached.
+    """
+    batches = as_batch_list(batches)
+    leaves = _leaves(params)
+    total = [torch.zeros_like(w) for w in leaves.values()]
+    with preserved_state(model):
+        for batch in batches:
+            loss = scalar_loss(
+                call_with_tensors(model, leaves, loss_fn, batch))
+            for acc, g in zip(total, _grads(loss, leaves)):
+                acc.add_(g)
+    return {
+        name: (w.detach() * g).abs()
+        for (name, w), g in zip(leaves.items(), total)
+    }
+
+
+def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
+                 params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """GraSP (gradient signal preservation), signed so that high is kept.
+
+    With ``g = sum_b dL_b/dw`` (over all ``batches``, prunable weights only)
+    and the Hessian-gradient product ``Hg = sum_b d(g . dL_b/dw)/dw``, the
+    GraSP paper scores ``S = -w * Hg`` and removes the weights with the
+    *largest* ``S``. To follow the rule of this package (keep the highest
+    scores) this returns ``-S = w * Hg``: the top-k of it are exactly the
+    weights GraSP keeps. Scores are signed. The model is left unchanged.
+
+    Args:
+        model (nn.Module): The model, in the mode to score in.
+        loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
+        batches (Iterable): Batches passed to ``loss_fn``.
+        params (Mapping[str, Tensor]): Prunable weights by name.
+
+    Returns:
+        dict[str, Tensor]: ``w * Hg`` per weight, detached.
+    """
+    batches = as_batch_list(batches)
+    leaves = _leaves(params)
+    grad_sum = [torch.zeros_like(w) for w in leaves.values()]
+    hessian_grad = [torch.zeros_like(w) for w in leaves.values()]
+    with preserved_state(model):
+        for batch in batches:
+            loss = scalar_loss(
+                call_with_tensors(model, leaves, loss_fn, batch))
+            for acc, g in zip(grad_sum, _grads(loss, leaves)):
+                acc.add_(g)
+        for batch in batches:
+            loss = scalar_loss(
+                call_with_tensors(model, leaves, loss_fn, batch))
+            grads = _grads(loss, leaves, create_graph=True)
+            dot = sum((g * g0).sum() for g, g0 in zip(grads, grad_sum))
+            if not dot.requires_grad:  # loss is linear in every weight
+                continue
+            for acc, hg in zip(hessian_grad, _grads(dot, leaves)):
+                acc.add_(hg)
+    return {
+        name: w.detach() * hg
+        for (name, w), hg in zip(leaves.items(), hessian_grad)
+    }

@@ -1,0 +1,106 @@
+"""SynFlow: data-free, iterative synaptic-flow scores."""
+from itertools import chain
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..functional import call_with_tensors, preserved_state
+from ..selection import select_masks
+
+
+def _forward(model: nn.Module, x: Tensor) -> Any:
+    return model(x)
+
+
+def _sum_outputs(out: Any) -> Tensor:
+    """Sum of all elements of a tensor or a (nested) list/tuple of them."""
+    if isinstance(out, Tensor):
+        return out.sum()
+    if isinstance(out, (list, tuple)) and out:
+        return sum(_sum_outputs(o) for o in out)
+    raise TypeError('forward_fn must return a tensor or a non-empty '
+                    f'list/tuple of tensors, got {type(out).__name__}')
+
+
+def synflow_scores(model: nn.Module,
+                   params: Mapping[str, Tensor],
+                   input_shape: Sequence[int],
+                   forward_fn: Optional[Callable[[nn.Module, Tensor],
+                                                 Any]] = None,
+                   sparsity: Optional[float] = None,
+                   rounds: int = 1,
+                   dtype: torch.dtype = torch.float64) -> Dict[str, Tensor]:
+    """SynFlow scores ``|w * dR/dw|`` (Tanaka et al., 2020), data-free.
+
+    Every floating-point parameter and buffer is replaced by its absolute
+    value, the model runs in eval mode (BatchNorm uses its running stats,
+    Dropout is off) on an all-ones input and ``R`` is the sum of all
+    outputs. Nothing of the model is modified: the substitution goes through
+    :func:`torch.func.functional_call` and the modes are restored.
+
+    With ``rounds = n > 1`` the scoring is iterative: after round ``k`` the
+    weights are masked (global top-k) to density ``d^(k/n)``, ``d = 1 -
+    sparsity``, and the next round scores the masked network. The scores of
+    the last round are returned; weights pruned in earlier rounds score 0, so
+    ``select_masks(scores, sparsity)`` reproduces the iterative mask.
+
+    The computation runs in ``dtype`` (float64 by default) because ``R``
+    grows geometrically with depth and overflows float32 in deep networks;
+    the scores are returned in that dtype.
+
+    Args:
+        model (nn.Module): The model.
+        params (Mapping[str, Tensor]): Prunable weights by name.
+        input_shape (Sequence[int]): Shape of the all-ones input, e.g.
+            ``(1, 3, 64, 64)``.
+        forward_fn (Callable, optional): ``forward_fn(model, x)`` returning a
+            tensor or a (nested) list/tuple of tensors, e.g.
+            ``lambda m, x: m.backbone(x)`` for an mm model whose ``forward``
+            needs data samples. Defaults to None (``model(x)``).
+        sparsity (float, optional): Target sparsity, needed when
+            ``rounds > 1``. Defaults to None.
+        rounds (int): Number of scoring rounds ``n``. Defaults to 1.
+        dtype (torch.dtype): Dtype of the computation. Defaults to
+            ``torch.float64``.
+
+    Returns:
+        dict[str, Tensor]: Non-negative scores of the last round, detached.
+    """
+    if rounds < 1:
+        raise ValueError(f'rounds must be >= 1, got {rounds}')
+    if rounds > 1 and sparsity is None:
+        raise ValueError('iterative SynFlow (rounds > 1) needs the target '
+                         '`sparsity` to schedule the intermediate masks')
+    forward_fn = forward_fn or _forward
+    device = next(iter(params.values())).device
+    ones = torch.ones(tuple(input_shape), dtype=dtype, device=device)
+    absolute = {
+        name: t.detach().abs().to(dtype)
+        for name, t in chain(model.named_parameters(), model.named_buffers())
+        if t.is_floating_point()
+    }
+    masks: Dict[str, Tensor] = {}
+    with preserved_state(model):
+        model.eval()
+        for k in range(1, rounds + 1):
+            leaves = {}
+            for name in params:
+                w = (absolute[name] * masks[name]
+                     if masks else absolute[name].clone())
+                leaves[name] = w.requires_grad_(True)
+            flow = _sum_outputs(
+                call_with_tensors(model, {**absolute, **leaves}, forward_fn,
+                                  ones))
+            grads = torch.autograd.grad(
+                flow, list(leaves.values()), allow_unused=True)
+            scores = {
+                name:
+                torch.zeros_like(w) if g is None else (w.detach() * g).abs()
+                for (name, w), g in zip(leaves.items(), grads)
+            }
+            if k < rounds:
+                density = (1.0 - sparsity)**(k / rounds)
+                masks = select_masks(scores, 1.0 - density)
+    return scores

@@ -1,0 +1,221 @@
+"""Apply keep-masks to a model and keep pruned weights at exactly zero.
+
+A mask lives on the module owning the weight, as a persistent bool buffer
+named ``<param>_mask`` (``weight_mask`` for ``weight``), so it is part of
+``state_dict()`` and of every checkpoint. Bool was chosen over the weight's
+dtype because it is exact under any dtype conversion (``model.half()`` and
+AMP leave bool buffers alone), takes a quarter of the memory of float32, and
+multiplies into float tensors directly (``weight * mask``).
+
+Two mechanisms keep pruned weights at zero during training:
+
+* a gradient hook on the weight multiplies incoming gradients by the mask
+  (before they are accumulated or all-reduced by DDP);
+* :func:`register_mask_enforcement` re-applies the masks after every
+  optimizer step, which momentum, weight decay and Adam-style updates would
+  otherwise use to revive pruned weights.
+"""
+from typing import Dict, Iterable, Iterator, List, Mapping, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
+
+#: Suffix of a mask buffer's name: ``weight`` is masked by ``weight_mask``.
+MASK_SUFFIX = '_mask'
+# Module attribute holding {param local name: gradient hook handle}.
+_HOOKS_ATTR = '_epsd_mask_hooks'
+
+
+class _MaskGradient:
+    """Tensor hook multiplying a gradient by the module's current mask.
+
+    The mask is looked up at call time, so it follows ``module.to(...)`` and
+    in-place updates such as ``load_state_dict``.
+    """
+
+    def __init__(self, module: nn.Module, mask_name: str) -> None:
+        self.module = module
+        self.mask_name = mask_name
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        return grad * getattr(self.module, self.mask_name)
+
+
+def _split(param_name: str) -> Tuple[str, str]:
+    module_name, _, local = param_name.rpartition('.')
+    return module_name, local
+
+
+def _owner(model: nn.Module, param_name: str) -> Tuple[nn.Module, str]:
+    """The module owning ``param_name`` and the parameter's local name."""
+    module_name, local = _split(param_name)
+    try:
+        module = model.get_submodule(module_name)
+    except AttributeError:
+        module = None
+    if module is None or module._parameters.get(local) is None:
+        raise ValueError(f'{param_name!r} is not a parameter of '
+                         f'{type(model).__name__}')
+    return module, local
+
+
+def _attach(module: nn.Module, local: str, mask: Tensor) -> None:
+    """Store ``mask`` as buffer of ``module`` and hook the weight's grads."""
+    param = module._parameters[local]
+    mask_name = local + MASK_SUFFIX
+    current = module._buffers.get(mask_name)
+    if current is not None and current.shape == mask.shape:
+        current.copy_(mask)
+    else:
+        module.register_buffer(mask_name, mask.clone(), persistent=True)
+    hooks = module.__dict__.setdefault(_HOOKS_ATTR, {})
+    if local in hooks:
+        hooks.pop(local).remove()
+    if param.requires_grad:
+        hooks[local] = param.register_hook(_MaskGradient(module, mask_name))
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    """Prune ``model`` with keep-masks.
+
+    For every ``name -> mask`` the owning module gets a bool buffer
+    ``<param>_mask``, the pruned entries of the weight are set to zero in
+    place and a gradient hook zeroes their gradients (only for weights with
+    ``requires_grad``). Applying masks again replaces the earlier ones
+    without stacking hooks. Pair it with :func:`register_mask_enforcement`
+    to keep pruned weights at zero through optimizer steps.
+
+    Args:
+        model (nn.Module): The model (unwrapped, not DDP).
+        masks (Mapping[str, Tensor]): Parameter name to keep-mask of the
+            same shape (True / non-zero = keep).
+    """
+    resolved = []
+    for name, mask in masks.items():
+        module, local = _owner(model, name)
+        param = module._parameters[local]
+        if mask.shape != param.shape:
+            raise ValueError(f'mask of {name!r} has shape {tuple(mask.shape)}'
+                             f', the weight has {tuple(param.shape)}')
+        resolved.append((module, local, mask.to(param.device) != 0))
+    for module, local, mask in resolved:
+        _attach(module, local, mask)
+    enforce_masks(model)
+
+
+def attach_mask_buffers(model: nn.Module, param_names: Iterable[str]) -> None:
+    """Attach all-ones masks, e.g. before loading a pruned checkpoint.
+
+    A fresh model has no ``*_mask`` buffers, so ``load_state_dict`` would
+    reject a checkpoint of a pruned model. Attaching all-ones masks (same
+    buffers and gradient hooks as :func:`apply_masks`, weights unchanged)
+    first lets the checkpoint's masks load into them in place.
+
+    Args:
+        model (nn.Module): The model.
+        param_names (Iterable[str]): Names of the masked parameters, e.g.
+            from :func:`masked_param_names`.
+    """
+    masks = {}
+    for name in param_names:
+        module, local = _owner(model, name)
+        masks[name] = torch.ones_like(
+            module._parameters[local], dtype=torch.bool)
+    apply_masks(model, masks)
+
+
+def masked_param_names(state_dict: Mapping[str, Tensor]) -> List[str]:
+    """Names of the parameters masked in a state dict.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): E.g. a checkpoint's
+            ``'state_dict'``.
+
+    Returns:
+        list[str]: Every ``key`` for which ``key + '_mask'`` is present.
+    """
+    return [
+        key[:-len(MASK_SUFFIX)] for key in state_dict
+        if key.endswith(MASK_SUFFIX) and key[:-len(MASK_SUFFIX)] in state_dict
+    ]
+
+
+def _masked(model: nn.Module) -> Iterator[Tuple[str, nn.Parameter, Tensor]]:
+    """Yield ``(param name, param, mask)`` for every masked parameter."""
+    for module_name, module in model.named_modules():
+        for buffer_name, mask in module._buffers.items():
+            local = buffer_name[:-len(MASK_SUFFIX)]
+            if (mask is None or not buffer_name.endswith(MASK_SUFFIX)
+                    or module._parameters.get(local) is None):
+                continue
+            name = f'{module_name}.{local}' if module_name else local
+            yield name, module._parameters[local], mask
+
+
+def get_masks(model: nn.Module) -> Dict[str, Tensor]:
+    """The masks of a model.
+
+    Args:
+        model (nn.Module): The model.
+
+    Returns:
+        dict[str, Tensor]: Parameter name to its mask buffer (the live
+        buffer, not a copy); empty if the model is not pruned.
+    """
+    return {name: mask for name, _, mask in _masked(model)}
+
+
+@torch.no_grad()
+def enforce_masks(model: nn.Module) -> None:
+    """Set every pruned weight of ``model`` to exactly zero, in place.
+
+    Args:
+        model (nn.Module): The model.
+    """
+    for _, param, mask in _masked(model):
+        param.mul_(mask)
+
+
+def register_mask_enforcement(optimizer: Optimizer,
+                              model: nn.Module) -> RemovableHandle:
+    """Re-apply the masks of ``model`` after every ``optimizer.step()``.
+
+    Momentum, weight decay and Adam-style updates move pruned weights even
+    when their gradients are zero; this post-step hook sets them back to
+    exactly zero. With MMEngine pass ``optim_wrapper.optimizer``. AMP's
+    ``GradScaler`` calls the same ``step``, or skips it (weights unchanged).
+
+    Args:
+        optimizer (Optimizer): The optimizer of ``model``'s parameters.
+        model (nn.Module): The pruned model (or a wrapper holding it).
+
+    Returns:
+        RemovableHandle: Call ``.remove()`` to stop enforcing.
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            'optimizer must be a torch.optim.Optimizer, got '
+            f'{type(optimizer).__name__}; for an MMEngine OptimWrapper pass '
+            '`optim_wrapper.optimizer`')
+
+    def enforce(*_) -> None:
+        enforce_masks(model)
+
+    return optimizer.register_step_post_hook(enforce)
+
+
+def remove_masks(model: nn.Module) -> None:
+    """Drop all mask buffers and gradient hooks; weights stay as they are.
+
+    Args:
+        model (nn.Module): The model.
+    """
+    for module in model.modules():
+        for handle in module.__dict__.pop(_HOOKS_ATTR, {}).values():
+            handle.remove()
+    for name, _, _ in list(_masked(model)):
+        module_name, local = _split(name)
+        del model.get_submodule(module_name)._buffers[local + MASK_SUFFIX]

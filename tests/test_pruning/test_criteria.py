@@ -1,0 +1,165 @@
+"""Tests of the criteria registry, SNIP, GraSP, magnitude and random."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from epsd_mm.pruning import (SCORERS, apply_masks, compute_scores,
+                             grasp_scores, magnitude_scores,
+                             prunable_parameters, random_scores, select_masks,
+                             snip_scores)
+
+SYNFLOW_KWARGS = dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2)
+
+
+def criterion_kwargs(criterion):
+    return SYNFLOW_KWARGS if criterion == 'synflow' else {}
+
+
+@pytest.mark.parametrize('criterion', sorted(SCORERS))
+def test_every_criterion_scores_every_weight_and_leaves_model_unchanged(
+        criterion, seg_model, seg_batches, seg_loss_fn, assert_unchanged):
+    params = prunable_parameters(seg_model)
+    with assert_unchanged(seg_model):
+        scores = compute_scores(
+            seg_model, seg_loss_fn, seg_batches[:2], criterion=criterion,
+            **criterion_kwargs(criterion))
+    assert list(scores) == list(params)
+    for name, score in scores.items():
+        assert score.shape == params[name].shape
+        assert not score.requires_grad
+        assert torch.isfinite(score).all()
+        assert score.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize('criterion', sorted(SCORERS))
+@pytest.mark.parametrize('scope', ['global', 'layerwise'])
+def test_masks_from_every_criterion_have_exact_sparsity(
+        criterion, scope, seg_model, seg_batches, seg_loss_fn):
+    sparsity = 0.8
+    scores = compute_scores(
+        seg_model, seg_loss_fn, seg_batches[:2], criterion=criterion,
+        **criterion_kwargs(criterion))
+    masks = select_masks(scores, sparsity, scope=scope)
+    apply_masks(seg_model, masks)
+    params = prunable_parameters(seg_model)
+    zeros = {name: int((w == 0).sum()) for name, w in params.items()}
+    if scope == 'global':
+        total = sum(w.numel() for w in params.values())
+        assert sum(zeros.values()) == total - round(0.2 * total)
+    else:
+        for name, w in params.items():
+            assert zeros[name] == w.numel() - round(0.2 * w.numel()), name
+
+
+def test_unknown_criterion_lists_valid_names(seg_model):
+    with pytest.raises(ValueError) as info:
+        compute_scores(seg_model, criterion='snap')
+    assert "'snap'" in str(info.value)
+    for name in SCORERS:
+        assert name in str(info.value)
+
+
+def test_data_criteria_need_loss_and_batches(seg_model, seg_batches):
+    with pytest.raises(ValueError, match='loss_fn'):
+        compute_scores(seg_model, None, seg_batches, criterion='snip')
+
+
+def test_data_free_criteria_ignore_loss_and_batches(seg_model):
+    scores = compute_scores(seg_model, criterion='magnitude')
+    params = prunable_parameters(seg_model)
+    for name, w in params.items():
+        assert torch.equal(scores[name], w.detach().abs())
+
+
+def test_params_override_scopes(seg_model):
+    params = prunable_parameters(seg_model, scopes='decode_head')
+    scores = compute_scores(seg_model, criterion='magnitude', params=params)
+    assert list(scores) == ['decode_head.weight']
+
+
+def test_loss_fn_must_return_a_scalar_tensor(seg_model, seg_batches):
+
+    def dict_loss(model, batch):
+        return {'loss_ce': model.loss(batch)}
+
+    with pytest.raises(TypeError, match='scalar tensor'):
+        compute_scores(seg_model, dict_loss, seg_batches, criterion='snip')
+
+
+def test_random_scores_reproducible_with_generator(seg_model):
+    params = prunable_parameters(seg_model)
+    a = random_scores(params, torch.Generator().manual_seed(3))
+    b = random_scores(params, torch.Generator().manual_seed(3))
+    c = random_scores(params, torch.Generator().manual_seed(4))
+    assert all(torch.equal(a[n], b[n]) for n in params)
+    assert not all(torch.equal(a[n], c[n]) for n in params)
+    assert all(((s >= 0) & (s < 1)).all() for s in a.values())
+
+
+def test_magnitude_scores_are_abs_weights():
+    layer = nn.Linear(3, 2)
+    scores = magnitude_scores({'weight': layer.weight})
+    assert torch.equal(scores['weight'], layer.weight.detach().abs())
+
+
+# ---- exact references on a tiny float64 MLP -------------------------------
+
+
+class MLP(nn.Module):
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(
+            nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+def mlp_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def mlp_batches():
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(5, 3, generator=gen, dtype=torch.float64),
+             torch.randint(0, 3, (5, ), generator=gen)) for _ in range(2)]
+
+
+def test_snip_sums_gradients_over_batches():
+    model, batches = MLP(), mlp_batches()
+    params = prunable_parameters(model)
+    scores = snip_scores(model, mlp_loss, batches, params)
+    total = sum(mlp_loss(model, b) for b in batches)
+    grads = torch.autograd.grad(total, list(params.values()))
+    for (name, w), g in zip(params.items(), grads):
+        torch.testing.assert_close(scores[name], (w * g).abs().detach())
+
+
+def test_grasp_matches_explicit_hessian():
+    model, batches = MLP(), mlp_batches()
+    params = prunable_parameters(model)
+    w1, w2 = [w.detach() for w in params.values()]
+    b1, b2 = model.backbone[0].bias.detach(), model.backbone[2].bias.detach()
+    sizes = (w1.numel(), w2.numel())
+
+    def loss_of(flat, batch):
+        v1, v2 = flat.split(sizes)
+        x, y = batch
+        h = torch.tanh(F.linear(x, v1.view_as(w1), b1))
+        return F.cross_entropy(F.linear(h, v2.view_as(w2), b2), y)
+
+    flat = torch.cat([w1.flatten(), w2.flatten()])
+    g = sum(torch.func.grad(loss_of)(flat, b) for b in batches)
+    hessian = sum(torch.func.hessian(loss_of)(flat, b) for b in batches)
+    expected = (flat * (hessian @ g)).split(sizes)
+
+    scores = grasp_scores(model, mlp_loss, batches, params)
+    torch.testing.assert_close(scores['backbone.0.weight'].flatten(),
+                               expected[0])
+    torch.testing.assert_close(scores['backbone.2.weight'].flatten(),
+                               expected[1])
+    assert (scores['backbone.0.weight'] < 0).any()  # signed scores

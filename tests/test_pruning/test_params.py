@@ -1,0 +1,88 @@
+"""Tests of epsd_mm.pruning.params."""
+import pytest
+import torch.nn as nn
+from mmdet.models.backbones import ResNet
+
+from epsd_mm.pruning import prunable_parameters
+
+
+class TinyDetNet(nn.Module):
+    """mmdet ResNet-18 (8 base channels, stage 1 frozen) plus neck/head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = ResNet(
+            depth=18, stem_channels=8, base_channels=8, frozen_stages=1)
+        self.neck = nn.Conv2d(64, 16, 1)
+        self.bbox_head = nn.Linear(16, 4)
+
+
+@pytest.fixture
+def det_model() -> TinyDetNet:
+    return TinyDetNet()
+
+
+def test_backbone_scope_takes_every_conv_weight_and_nothing_else(det_model):
+    params = prunable_parameters(det_model)
+    convs = [
+        name for name, m in det_model.backbone.named_modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    assert list(params) == [f'backbone.{name}.weight' for name in convs]
+    assert len(params) == 20  # stem conv + 16 block convs + 3 downsamples
+    named = dict(det_model.named_parameters())
+    for name, param in params.items():
+        assert named[name] is param
+        assert param.dim() == 4
+
+
+def test_frozen_weights_are_prunable(det_model):
+    params = prunable_parameters(det_model)
+    assert not params['backbone.conv1.weight'].requires_grad
+    assert params['backbone.layer2.0.conv1.weight'].requires_grad
+
+
+def test_several_scopes_and_linear_layers(det_model):
+    params = prunable_parameters(det_model, scopes=('neck', 'bbox_head'))
+    assert list(params) == ['neck.weight', 'bbox_head.weight']
+    assert prunable_parameters(det_model, scopes='neck').keys() == {
+        'neck.weight'
+    }
+
+
+def test_glob_and_prefix_scopes(det_model):
+    layer1 = prunable_parameters(det_model, scopes=('backbone.layer1*', ))
+    assert layer1 and all(
+        name.startswith('backbone.layer1.') for name in layer1)
+    block = prunable_parameters(det_model, scopes=('backbone.layer1.0', ))
+    assert list(block) == [
+        'backbone.layer1.0.conv1.weight', 'backbone.layer1.0.conv2.weight'
+    ]
+    everything = prunable_parameters(det_model, scopes=('*', ))
+    assert len(everything) == 22
+
+
+def test_scope_must_match_whole_name_components(det_model):
+    with pytest.raises(ValueError, match="'back'"):
+        prunable_parameters(det_model, scopes=('back', ))
+
+
+def test_scope_matching_nothing_names_scope_and_children(det_model):
+    with pytest.raises(ValueError) as info:
+        prunable_parameters(det_model, scopes=('decode_head', ))
+    message = str(info.value)
+    assert "('decode_head',)" in message
+    assert 'TinyDetNet' in message
+    assert 'backbone, neck, bbox_head' in message
+
+
+def test_empty_scopes_rejected(det_model):
+    with pytest.raises(ValueError, match='at least one'):
+        prunable_parameters(det_model, scopes=())
+
+
+def test_tied_weight_listed_once():
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model.backbone[1].weight = model.backbone[0].weight
+    assert list(prunable_parameters(model)) == ['backbone.0.weight']
