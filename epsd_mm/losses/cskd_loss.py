@@ -145,17 +145,17 @@ class CSKDLoss(nn.Module):
         p_onehot = F.one_hot(p_index, num_classes).to(partner_probs.dtype)
         p_onehot = (p_onehot * p_valid.unsqueeze(-1)).view(
             num_samples, -1, num_classes)  # (N, P, K)
-        class_sums = torch.bmm(p_onehot.transpose(1, 2),
-                               partner_probs.transpose(1, 2))  # (N, K, C)
+        # (N, K, P) @ (N, P, C) -> (N, K, C)
+        class_sums = torch.bmm(
+            p_onehot.transpose(1, 2), partner_probs.transpose(1, 2))
         class_counts = p_onehot.sum(dim=1)  # (N, K)
         class_means = class_sums / class_counts.clamp(min=1).unsqueeze(-1)
 
         # Sample side: gather the teacher of every pixel by its label.
         s_index, s_valid = label_index(target, self.ignore_index)
         s_index = s_index.view(num_samples, -1)  # (N, Q)
-        teacher = torch.gather(
-            class_means, 1,
-            s_index.unsqueeze(-1).expand(-1, -1, num_classes))  # (N, Q, C)
+        gather_index = s_index.unsqueeze(-1).expand(-1, -1, num_classes)
+        teacher = torch.gather(class_means, 1, gather_index)  # (N, Q, C)
         present = torch.gather(class_counts > 0, 1, s_index)  # (N, Q)
         mask = s_valid & present.reshape(-1)
 

@@ -23,8 +23,7 @@ def check_temperature(temperature: float) -> float:
     """
     temperature = float(temperature)
     if not temperature > 0:
-        raise ValueError(
-            f'temperature must be > 0, but got {temperature}.')
+        raise ValueError(f'temperature must be > 0, but got {temperature}.')
     return temperature
 
 
@@ -39,8 +38,7 @@ def check_loss_weight(loss_weight: float) -> float:
     """
     loss_weight = float(loss_weight)
     if not loss_weight >= 0:
-        raise ValueError(
-            f'loss_weight must be >= 0, but got {loss_weight}.')
+        raise ValueError(f'loss_weight must be >= 0, but got {loss_weight}.')
     return loss_weight
 
 

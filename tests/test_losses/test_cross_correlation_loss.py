@@ -49,7 +49,9 @@ def test_identical_features_zero_diagonal_term():
     feats = torch.randn(16, 6, dtype=torch.float64)
     corr = CrossCorrelationLoss().cross_correlation(feats, feats.clone())
     torch.testing.assert_close(
-        torch.diagonal(corr), torch.ones(6, dtype=torch.float64), atol=1e-4,
+        torch.diagonal(corr),
+        torch.ones(6, dtype=torch.float64),
+        atol=1e-4,
         rtol=0)
     # With lambda = 0 only the diagonal term remains: it vanishes.
     loss = CrossCorrelationLoss(lambda_offdiag=0.0)

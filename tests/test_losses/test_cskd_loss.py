@@ -7,7 +7,11 @@ from epsd_mm.losses import CSKDLoss
 from epsd_mm.registry import MODELS
 
 
-def reference_cskd_2d(logits, partner, T, loss_weight, target=None,
+def reference_cskd_2d(logits,
+                      partner,
+                      T,
+                      loss_weight,
+                      target=None,
                       ignore_index=255):
     total, count = 0.0, 0
     for n in range(logits.shape[0]):
@@ -20,8 +24,13 @@ def reference_cskd_2d(logits, partner, T, loss_weight, target=None,
     return loss_weight * T**2 * total / count
 
 
-def reference_cskd_dense(logits, partner, target, partner_target, T,
-                         loss_weight, ignore_index=255):
+def reference_cskd_dense(logits,
+                         partner,
+                         target,
+                         partner_target,
+                         T,
+                         loss_weight,
+                         ignore_index=255):
     """Explicit loops over samples, classes and pixels."""
     N, C, H, W = logits.shape
     total, count = 0.0, 0
@@ -92,8 +101,7 @@ def test_2d_matches_hand_computation(with_target):
     target = torch.tensor([1, 255, 0, 3, 3]) if with_target else None
     loss = CSKDLoss(temperature=4.0, loss_weight=3.0)
     expected = reference_cskd_2d(logits, partner, 4.0, 3.0, target)
-    torch.testing.assert_close(
-        loss(logits, partner, target, target), expected)
+    torch.testing.assert_close(loss(logits, partner, target, target), expected)
 
 
 def test_dense_matches_loop_reference():
@@ -106,8 +114,7 @@ def test_dense_matches_loop_reference():
     # The class-wise loss is not the pixel-aligned KL.
     aligned = reference_cskd_2d(
         logits.movedim(1, -1).reshape(-1, 4),
-        partner.movedim(1, -1).reshape(-1, 4), 2.0, 1.5,
-        target.reshape(-1))
+        partner.movedim(1, -1).reshape(-1, 4), 2.0, 1.5, target.reshape(-1))
     assert not torch.isclose(out, aligned)
 
 
@@ -130,8 +137,10 @@ def test_dense_zero_iff_agree():
     partner = table[partner_target].movedim(-1, 1)
     loss = CSKDLoss(temperature=T)
     torch.testing.assert_close(
-        loss(logits, partner, target, partner_target), torch.tensor(0.0),
-        atol=1e-6, rtol=0)
+        loss(logits, partner, target, partner_target),
+        torch.tensor(0.0),
+        atol=1e-6,
+        rtol=0)
     # Pixel-wise variation of the partner: the class mean is what counts.
     logits = logits + 0.5 * torch.randn_like(logits)
     assert loss(logits, partner, target, partner_target) > 1e-4
@@ -192,8 +201,9 @@ def test_validation_errors():
     with pytest.raises(ValueError, match=r'\(4, 3\).*\(4, 5\)'):
         loss(torch.randn(4, 3), torch.randn(4, 5))
     with pytest.raises(ValueError, match='target'):
-        loss(torch.randn(4, 3), torch.randn(4, 3), torch.zeros(
-            3, dtype=torch.long))
+        loss(
+            torch.randn(4, 3), torch.randn(4, 3),
+            torch.zeros(3, dtype=torch.long))
     logits = torch.randn(2, 3, 4, 4)
     target = torch.zeros(2, 4, 4, dtype=torch.long)
     with pytest.raises(ValueError, match='partner_target'):

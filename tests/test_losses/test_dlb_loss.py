@@ -7,7 +7,11 @@ from epsd_mm.losses import DLBLoss
 from epsd_mm.registry import MODELS
 
 
-def reference_dlb(logits, teacher, T, loss_weight, target=None,
+def reference_dlb(logits,
+                  teacher,
+                  T,
+                  loss_weight,
+                  target=None,
                   ignore_index=255):
     """Per-position loop with ``F.kl_div``, independent of the module."""
     if logits.dim() == 2:
@@ -123,8 +127,8 @@ def test_teacher_gets_no_gradient():
 def test_loss_weight_scales():
     logits, teacher = torch.randn(3, 5), torch.randn(3, 5)
     one = DLBLoss(loss_weight=1.0)(logits, teacher)
-    torch.testing.assert_close(DLBLoss(loss_weight=2.5)(logits, teacher),
-                               2.5 * one)
+    torch.testing.assert_close(
+        DLBLoss(loss_weight=2.5)(logits, teacher), 2.5 * one)
     assert DLBLoss(loss_weight=0.0)(logits, teacher).item() == 0.0
 
 
@@ -137,8 +141,10 @@ def test_validation_errors():
     with pytest.raises(ValueError, match=r'\(2, 3, 4, 4\).*\(2, 3, 4, 5\)'):
         loss(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 5))
     with pytest.raises(ValueError, match='target'):
-        loss(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4),
-             torch.zeros(2, 4, 5, dtype=torch.long))
+        loss(
+            torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4),
+            torch.zeros(2, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match='target'):
-        loss(torch.randn(2, 3), torch.randn(2, 3),
-             torch.zeros(3, dtype=torch.long))
+        loss(
+            torch.randn(2, 3), torch.randn(2, 3),
+            torch.zeros(3, dtype=torch.long))

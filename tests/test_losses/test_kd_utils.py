@@ -100,12 +100,12 @@ def test_checks():
         check_same_shape(
             torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3))
     with pytest.raises(ValueError, match='target'):
-        check_target(torch.zeros(2, 4, dtype=torch.long),
-                     torch.zeros(2, 3, 4, 5))
+        check_target(
+            torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 3, 4, 5))
     with pytest.raises(TypeError, match='integer'):
         check_target(torch.zeros(2), torch.zeros(2, 3))
-    check_target(torch.zeros(2, 4, 5, dtype=torch.uint8),
-                 torch.zeros(2, 3, 4, 5))
+    check_target(
+        torch.zeros(2, 4, 5, dtype=torch.uint8), torch.zeros(2, 3, 4, 5))
     check_label_range(torch.tensor([0, 2, 255]), 3, 255)
     with pytest.raises(ValueError, match=r'\[0, 3\)'):
         check_label_range(torch.tensor([0, 3, 255]), 3, 255)

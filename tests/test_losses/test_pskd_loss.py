@@ -7,8 +7,13 @@ from epsd_mm.losses import PSKDLoss
 from epsd_mm.registry import MODELS
 
 
-def reference_pskd(logits, teacher, target, progress, alpha_T=0.8,
-                   loss_weight=1.0, ignore_index=255):
+def reference_pskd(logits,
+                   teacher,
+                   target,
+                   progress,
+                   alpha_T=0.8,
+                   loss_weight=1.0,
+                   ignore_index=255):
     """Per-position loop: KL(q || p) with explicit sums over classes."""
     if logits.dim() == 2:
         logits = logits[:, :, None, None]
@@ -29,8 +34,9 @@ def reference_pskd(logits, teacher, target, progress, alpha_T=0.8,
                     q = (1 - alpha) * (1.0 if c == y else 0.0) + \
                         alpha * p_prev[c]
                     if q > 0:
-                        total = total + q * (torch.log(
-                            torch.as_tensor(q, dtype=log_p.dtype)) - log_p[c])
+                        total = total + q * (
+                            torch.log(torch.as_tensor(q, dtype=log_p.dtype)) -
+                            log_p[c])
                 count += 1
     return loss_weight * total / count
 
@@ -67,8 +73,9 @@ def test_zero_iff_prediction_equals_soft_target(shape, progress):
     torch.testing.assert_close(
         out, torch.tensor(0.0, dtype=torch.float64), atol=1e-6, rtol=0)
     # Perfect hard-label prediction is not zero once alpha_t > 0 ...
-    assert loss(torch.randn(shape, dtype=torch.float64), teacher, target,
-                progress) > 1e-3
+    assert loss(
+        torch.randn(shape, dtype=torch.float64), teacher, target,
+        progress) > 1e-3
     if progress > 0:
         perfect = torch.log(soft_target(teacher, target, 0.0) + 1e-10)
         assert loss(perfect, teacher, target, progress) > 1e-3
