@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from epsd_mm.pruning import (SCORERS, apply_masks, attach_mask_buffers,
                              compute_scores,
                              format_sparsity_table, get_masks,
+                             overall_sparsity,
                              prunable_parameters, register_mask_enforcement,
                              select_masks, sparsity_stats)
 from epsd_mm.registry import HOOKS
@@ -23,14 +24,6 @@ MASK_SUFFIX = '_mask'
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
-
-
-def overall_sparsity(model: nn.Module) -> Optional[float]:
-    """Fraction of masked weights that are zero, ``None`` if unpruned."""
-    stats = sparsity_stats(model)
-    if not stats:
-        return None
-    return sum(s.zeros for s in stats) / sum(s.numel for s in stats)
 
 
 @HOOKS.register_module()
@@ -80,7 +73,9 @@ class EarlyPruningHook(Hook):
             error when a layer would be fully pruned. Defaults to 0.
     """
 
-    priority = 'VERY_HIGH'  # masks must exist before other hooks train
+    # HIGHEST: masks exist before other hooks train, and the sparsity joins
+    # the val/test metrics before RuntimeInfoHook (VERY_HIGH) logs them.
+    priority = 'HIGHEST'
 
     def __init__(self,
                  sparsity: float = 0.9,
@@ -195,10 +190,16 @@ class EarlyPruningHook(Hook):
         apply_masks(model, masks)
 
     def _draw_batches(self, runner, model: nn.Module) -> List[dict]:
+        """Draw batches the way the train loop does. Iteration-based loops
+        share their (infinite) iterator: a second iterator over an
+        ``InfiniteSampler`` would close its shared index generator."""
         if self.num_batches == 0:
             return []
+        loop = runner.train_loop
+        stream = getattr(loop, 'dataloader_iterator', None) or iter(
+            loop.dataloader)
         batches = []
-        for data in runner.train_loop.dataloader:
+        for data in stream:
             batches.append(model.data_preprocessor(data, training=True))
             if len(batches) == self.num_batches:
                 return batches
@@ -227,9 +228,9 @@ class EarlyPruningHook(Hook):
 
     def _add_sparsity(self, runner, metrics: Optional[Dict[str,
                                                            float]]) -> None:
-        sparsity = overall_sparsity(_unwrap(runner.model))
-        if metrics is not None and sparsity is not None:
-            metrics['sparsity'] = sparsity
+        stats = sparsity_stats(_unwrap(runner.model))
+        if metrics is not None and stats:
+            metrics['sparsity'] = overall_sparsity(stats)
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self._add_sparsity(runner, metrics)
