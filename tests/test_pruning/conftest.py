@@ -75,6 +75,37 @@ def seg_loss_fn() -> Callable[[nn.Module, Batch], Tensor]:
     return seg_loss
 
 
+class TinyNet(nn.Module):
+    """Float64 ``Linear(3, 4) - Tanh - Linear(4, 2)`` as ``backbone``.
+
+    Small enough for exact references (finite differences, Hessians).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(
+            nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+
+@pytest.fixture
+def tiny_net() -> TinyNet:
+    return TinyNet()
+
+
+@pytest.fixture
+def tiny_inputs() -> List[Tensor]:
+    """Two float64 batches of six 3-d inputs."""
+    gen = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(6, 3, generator=gen, dtype=torch.float64)
+        for _ in range(2)
+    ]
+
+
 @contextmanager
 def _unchanged(model: nn.Module) -> Iterator[None]:
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -1,7 +1,6 @@
 """Tests of ProsPr, the EPSD criterion."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from epsd_mm.pruning import (compute_scores, prospr_scores,
@@ -87,6 +86,13 @@ def test_negative_steps_rejected(seg_model, seg_batches, seg_loss_fn):
                       prunable_parameters(seg_model), num_steps=-1)
 
 
+def test_params_must_belong_to_the_model(seg_model, seg_batches,
+                                         seg_loss_fn):
+    with pytest.raises(ValueError, match='backbone.missing.weight'):
+        prospr_scores(seg_model, seg_loss_fn, seg_batches,
+                      {'backbone.missing.weight': torch.ones(1)})
+
+
 def test_empty_batches_rejected(seg_model, seg_loss_fn):
     with pytest.raises(ValueError, match='batches is empty'):
         compute_scores(seg_model, seg_loss_fn, [])
@@ -95,29 +101,14 @@ def test_empty_batches_rejected(seg_model, seg_loss_fn):
 # ---- exact meta-gradient on a tiny float64 network ------------------------
 
 
-class TinyNet(nn.Module):
-    """Two linear layers with biases; both weights prunable."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.backbone = nn.Sequential(
-            nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
-
-    def forward(self, x):
-        return self.backbone(x)
-
-
 def mse_loss(model, batch):
     x, y = batch
     return F.mse_loss(model(x), y)
 
 
-def tiny_batches():
-    gen = torch.Generator().manual_seed(0)
-    return [(torch.randn(6, 3, generator=gen, dtype=torch.float64),
-             torch.randn(6, 2, generator=gen, dtype=torch.float64))
-            for _ in range(2)]
+def regression(inputs):
+    return [(x, torch.stack([x.sum(1), x[:, 0] * x[:, 1]], 1))
+            for x in inputs]
 
 
 def functional_loss(theta, batch):
@@ -145,8 +136,9 @@ def unrolled_loss(theta, batches, num_steps, lr, momentum):
 
 
 @pytest.mark.parametrize('momentum', [0.0, 0.9])
-def test_meta_gradient_matches_finite_differences(momentum):
-    model, batches = TinyNet(), tiny_batches()
+def test_meta_gradient_matches_finite_differences(momentum, tiny_net,
+                                                  tiny_inputs):
+    model, batches = tiny_net, regression(tiny_inputs)
     params = prunable_parameters(model)
     num_steps, lr = 3, 0.5
     scores = prospr_scores(model, mse_loss, batches, params,
@@ -171,8 +163,8 @@ def test_meta_gradient_matches_finite_differences(momentum):
             scores[name], expected.abs(), rtol=1e-5, atol=1e-9)
 
 
-def test_first_order_is_snip_at_the_stepped_weights():
-    model, batches = TinyNet(), tiny_batches()
+def test_first_order_is_snip_at_the_stepped_weights(tiny_net, tiny_inputs):
+    model, batches = tiny_net, regression(tiny_inputs)
     params = prunable_parameters(model)
     scores = prospr_scores(model, mse_loss, batches, params, num_steps=3,
                            lr=0.5, momentum=0.9, first_order=True)

@@ -35,6 +35,17 @@ def _grads(loss: Tensor, leaves: Dict[str, Tensor],
     ]
 
 
+def _grad_sum(model: nn.Module, loss_fn: LossFn, batches: List[Any],
+              leaves: Dict[str, Tensor]) -> List[Tensor]:
+    """Gradient of the loss w.r.t. ``leaves``, summed over ``batches``."""
+    total = [torch.zeros_like(w) for w in leaves.values()]
+    for batch in batches:
+        loss = scalar_loss(call_with_tensors(model, leaves, loss_fn, batch))
+        for acc, g in zip(total, _grads(loss, leaves)):
+            acc.add_(g)
+    return total
+
+
 def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
                 params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """SNIP connection sensitivity ``|w * dL/dw|``.
@@ -53,13 +64,8 @@ def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
     """
     batches = as_batch_list(batches)
     leaves = _leaves(params)
-    total = [torch.zeros_like(w) for w in leaves.values()]
     with preserved_state(model):
-        for batch in batches:
-            loss = scalar_loss(
-                call_with_tensors(model, leaves, loss_fn, batch))
-            for acc, g in zip(total, _grads(loss, leaves)):
-                acc.add_(g)
+        total = _grad_sum(model, loss_fn, batches, leaves)
     return {
         name: (w.detach() * g).abs()
         for (name, w), g in zip(leaves.items(), total)
@@ -88,20 +94,15 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
     """
     batches = as_batch_list(batches)
     leaves = _leaves(params)
-    grad_sum = [torch.zeros_like(w) for w in leaves.values()]
     hessian_grad = [torch.zeros_like(w) for w in leaves.values()]
     with preserved_state(model):
-        for batch in batches:
-            loss = scalar_loss(
-                call_with_tensors(model, leaves, loss_fn, batch))
-            for acc, g in zip(grad_sum, _grads(loss, leaves)):
-                acc.add_(g)
+        grad_sum = _grad_sum(model, loss_fn, batches, leaves)
         for batch in batches:
             loss = scalar_loss(
                 call_with_tensors(model, leaves, loss_fn, batch))
             grads = _grads(loss, leaves, create_graph=True)
             dot = sum((g * g0).sum() for g, g0 in zip(grads, grad_sum))
-            if not dot.requires_grad:  # loss is linear in every weight
+            if not dot.requires_grad:  # gradient constant in w: Hg = 0
                 continue
             for acc, hg in zip(hessian_grad, _grads(dot, leaves)):
                 acc.add_(hg)

@@ -58,13 +58,19 @@ def prospr_scores(model: nn.Module,
     if num_steps < 0:
         raise ValueError(f'num_steps must be >= 0, got {num_steps}')
     batches = as_batch_list(batches)
+    named = dict(model.named_parameters())
+    unknown = [name for name in params if name not in named]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} are not parameter names of "
+                         f'{type(model).__name__}; take `params` from '
+                         'prunable_parameters(model)')
     masks = {
         name: torch.ones_like(w, requires_grad=True)
         for name, w in params.items()
     }
     fast: Dict[str, Tensor] = {}  # the parameters being stepped
     trainable: List[str] = []
-    for name, param in model.named_parameters():
+    for name, param in named.items():
         if name in masks:
             fast[name] = param.detach() * masks[name]
         elif param.requires_grad:

@@ -44,7 +44,10 @@ def synflow_scores(model: nn.Module,
     weights are masked (global top-k) to density ``d^(k/n)``, ``d = 1 -
     sparsity``, and the next round scores the masked network. The scores of
     the last round are returned; weights pruned in earlier rounds score 0, so
-    ``select_masks(scores, sparsity)`` reproduces the iterative mask.
+    ``select_masks(scores, sparsity)`` reproduces the iterative mask (and
+    reports a layer pruned away in an earlier round as collapsed). In
+    residual networks SynFlow may legitimately prune a whole residual branch,
+    since the skip connection carries the flow; use ``min_density`` there.
 
     The computation runs in ``dtype`` (float64 by default) because ``R``
     grows geometrically with depth and overflows float32 in deep networks;
@@ -102,5 +105,6 @@ def synflow_scores(model: nn.Module,
             }
             if k < rounds:
                 density = (1.0 - sparsity)**(k / rounds)
-                masks = select_masks(scores, 1.0 - density)
+                masks = select_masks(
+                    scores, 1.0 - density, on_collapse='allow')
     return scores
