@@ -191,10 +191,11 @@ class SelfDistillMixin:
                 f'{len(data_samples)} samples. Use an even batch size and '
                 "sampler=dict(type='ClassPairSampler') in the train loader.")
         anchors, partners = data_samples[0::2], data_samples[1::2]
-        logits, extra = self.sd_forward(inputs[0::2])
+        # Strided views would send convolutions down a slow path.
+        logits, extra = self.sd_forward(inputs[0::2].contiguous())
         losses = self.sd_task_losses(logits, extra, anchors, True)
         with torch.no_grad():
-            partner_logits, _ = self.sd_forward(inputs[1::2])
+            partner_logits, _ = self.sd_forward(inputs[1::2].contiguous())
         losses[self.sd_loss.loss_name] = self.sd_loss(
             self.sd_align_logits(logits, anchors),
             self.sd_align_logits(partner_logits, partners),

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from epsd_mm.pruning import (SCORERS, apply_masks, attach_mask_buffers,
                              compute_scores,
                              format_sparsity_table, get_masks,
+                             masked_param_names,
                              overall_sparsity,
                              prunable_parameters, register_mask_enforcement,
                              select_masks, sparsity_stats)
@@ -19,7 +20,14 @@ from epsd_mm.registry import HOOKS
 SCORING_LOSSES = ('sd', 'task')
 # Criteria that need no training batches.
 DATA_FREE = ('magnitude', 'random', 'synflow')
-MASK_SUFFIX = '_mask'
+
+
+def model_loss(model: nn.Module, batch: dict) -> Tensor:
+    """The scalar training loss of an MMEngine model on a preprocessed batch
+    (the ``loss_fn`` the pruning core calls)."""
+    losses = model(**batch, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    return loss
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -134,12 +142,9 @@ class EarlyPruningHook(Hook):
         """Create mask buffers for the masks a checkpoint carries, so that
         loading the state dict restores them (called before the load)."""
         names = [
-            key[:-len(MASK_SUFFIX)]
-            for key in checkpoint.get('state_dict', {})
-            if key.endswith('.weight' + MASK_SUFFIX)
+            name[len('module.'):] if name.startswith('module.') else name
+            for name in masked_param_names(checkpoint.get('state_dict', {}))
         ]
-        names = [name[len('module.'):] if name.startswith('module.') else name
-                 for name in names]
         if names:
             attach_mask_buffers(_unwrap(runner.model), names)
 
@@ -159,7 +164,10 @@ class EarlyPruningHook(Hook):
 
     def _prune(self, runner, model: nn.Module) -> None:
         params = prunable_parameters(model, self.scopes)
-        batches = self._draw_batches(runner, model)
+        batches = self._draw_batches(runner, model, self.num_batches)
+        kwargs = dict(self.criterion_cfg)
+        if self.criterion == 'synflow':
+            kwargs = self._synflow_kwargs(runner, model, kwargs)
         runner.logger.info(
             f'EarlyPruningHook: scoring {len(params)} layers with '
             f'{self.criterion} on the {self.loss} loss '
@@ -171,7 +179,7 @@ class EarlyPruningHook(Hook):
                 batches,
                 criterion=self.criterion,
                 params=params,
-                **self.criterion_cfg)
+                **kwargs)
         if runner.rank == 0:
             print()  # end the progress line
         for score in scores.values():
@@ -189,11 +197,23 @@ class EarlyPruningHook(Hook):
                 masks[name] = synced.to(mask.dtype)
         apply_masks(model, masks)
 
-    def _draw_batches(self, runner, model: nn.Module) -> List[dict]:
+    def _synflow_kwargs(self, runner, model: nn.Module, kwargs: dict) -> dict:
+        """SynFlow runs the network on an all-ones input of one sample's
+        shape (from one train batch unless ``input_shape`` is given) and, for
+        iterative rounds, needs the target sparsity."""
+        if 'input_shape' not in kwargs:
+            inputs = self._draw_batches(runner, model, 1)[0]['inputs']
+            kwargs['input_shape'] = (1, ) + tuple(inputs.shape[1:])
+        kwargs.setdefault('forward_fn', lambda m, x: m(x, mode='tensor'))
+        kwargs.setdefault('sparsity', self.sparsity)
+        return kwargs
+
+    def _draw_batches(self, runner, model: nn.Module,
+                      num_batches: int) -> List[dict]:
         """Draw batches the way the train loop does. Iteration-based loops
         share their (infinite) iterator: a second iterator over an
         ``InfiniteSampler`` would close its shared index generator."""
-        if self.num_batches == 0:
+        if num_batches == 0:
             return []
         loop = runner.train_loop
         stream = getattr(loop, 'dataloader_iterator', None) or iter(
@@ -201,11 +221,11 @@ class EarlyPruningHook(Hook):
         batches = []
         for data in stream:
             batches.append(model.data_preprocessor(data, training=True))
-            if len(batches) == self.num_batches:
+            if len(batches) == num_batches:
                 return batches
         raise ValueError(
             f'EarlyPruningHook: the train dataloader yielded only '
-            f'{len(batches)} batches but num_batches={self.num_batches}. '
+            f'{len(batches)} batches but num_batches={num_batches}. '
             'Lower num_batches, or use more data / drop_last=False.')
 
     def _loss_fn(self, model: nn.Module,
@@ -213,8 +233,7 @@ class EarlyPruningHook(Hook):
         progress = ProgressBar(0) if show_progress else None
 
         def loss_fn(module: nn.Module, batch: dict) -> Tensor:
-            losses = module(**batch, mode='loss')
-            loss, _ = module.parse_losses(losses)
+            loss = model_loss(module, batch)
             if progress is not None:
                 progress.update()
             return loss
