@@ -14,6 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
+from epsd_mm.datasets.checks import check_dataset_paths
 from epsd_mm.registry import RUNNERS
 
 
@@ -66,6 +67,7 @@ def main() -> None:
         cfg.test_evaluator.append(
             dict(type='DumpResults', out_file_path=args.out))
 
+    check_dataset_paths(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

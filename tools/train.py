@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
+from epsd_mm.datasets.checks import check_dataset_paths
 from epsd_mm.registry import RUNNERS
 
 
@@ -77,6 +78,7 @@ def main() -> None:
 
     cfg.resume = args.resume
 
+    check_dataset_paths(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

@@ -9,9 +9,11 @@ Layout (what mmseg's ``pascal_voc12_aug`` configs expect)::
         SegmentationClassAug/<id>.png     grey-level class indices (SBD style)
         ImageSets/Segmentation/{train,val,trainval,aug}.txt
 
-Each foreground class is a shape with its own colour and texture, drawn on a
-noisy background at a random position and scale, so the masks are known
-exactly and a small network can learn them.
+Each foreground class is a shape with a typical colour; the colour of every
+object is jittered strongly (``colour_jitter``), so colour alone does not
+separate the classes and the network has to learn the shapes. Objects sit on
+a noisy background at random positions and scales, so the masks are known
+exactly.
 """
 import os
 import os.path as osp
@@ -63,9 +65,19 @@ def _draw_shape(mask: np.ndarray, shape: str, cx: int, cy: int,
         raise ValueError(f'unknown shape {shape!r}')
 
 
-def draw_sample(rng: np.random.Generator, image_size: int,
-                max_objects: int = 2) -> tuple:
+def draw_sample(rng: np.random.Generator,
+                image_size: int,
+                max_objects: int = 2,
+                colour_jitter: float = 70.0) -> tuple:
     """Draw one image and its label map.
+
+    Args:
+        rng (np.random.Generator): Source of randomness.
+        image_size (int): Side of the square image.
+        max_objects (int): At most this many objects (of distinct classes).
+            Defaults to 2.
+        colour_jitter (float): Uniform per-channel offset range (+-) of an
+            object's colour around its class colour. Defaults to 70.
 
     Returns:
         tuple: ``(image BGR uint8 (H, W, 3), label uint8 (H, W))`` where the
@@ -84,7 +96,8 @@ def draw_sample(rng: np.random.Generator, image_size: int,
         mask = np.zeros_like(label)
         _draw_shape(mask, shape, cx, cy, r)
         texture = rng.normal(0, 12, image.shape)
-        fill = np.asarray(colour, np.float32) + texture
+        jitter = rng.uniform(-colour_jitter, colour_jitter, 3)
+        fill = np.asarray(colour, np.float32) + jitter + texture
         image[mask > 0] = fill[mask > 0]
         label[mask > 0] = cls_index
     return np.clip(image, 0, 255).astype(np.uint8), label
