@@ -8,6 +8,7 @@ from .utils import register_checkpoint_safe_globals
 
 register_checkpoint_safe_globals()
 
-from . import datasets, engine, losses, models  # noqa: E402,F401
+from . import (datasets, engine, evaluation, losses, models,  # noqa: E402,F401
+               visualization)
 
 __version__ = '0.1.0'

@@ -46,6 +46,10 @@ def _no_pruning(cfg) -> None:
 def _dense(cfg) -> None:
     _no_pruning(cfg)
     cfg.model.sd_loss = None
+    if 'ClassPairSampler' in cfg.train_dataloader.sampler.type:
+        # CS-KD's pairs would feed duplicates to plain training.
+        cfg.train_dataloader.sampler = dict(
+            type='DefaultSampler', shuffle=True)
 
 
 # The baseline family as edits of the demo EPSD configs: the same keys the

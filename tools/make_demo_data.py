@@ -22,7 +22,7 @@ def parse_args() -> argparse.Namespace:
     cub = sub.add_parser('cub', help='CUB-200-2011 layout')
     cub.add_argument('--out', default='data/cub_demo')
     cub.add_argument('--num-classes', type=int, default=4)
-    cub.add_argument('--images-per-class', type=int, default=12)
+    cub.add_argument('--images-per-class', type=int, default=40)
     cub.add_argument('--image-size', type=int, default=96)
     cub.add_argument('--seed', type=int, default=0)
     return parser.parse_args()

@@ -12,7 +12,8 @@ default_scope = 'epsd_mm'
 model = dict(sd_loss=dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0))
 train_dataloader = dict(
     batch_size=64,  # 32 anchors + 32 partners, as in CS-KD
-    sampler=dict(_delete_=True, type='ClassPairSampler', shuffle=True))
+    sampler=dict(
+        _delete_=True, type='epsd_mm.ClassPairSampler', shuffle=True))
 
 max_epochs = 50
 train_cfg = dict(
@@ -34,6 +35,6 @@ default_hooks = dict(
     self_distill=dict(type='epsd_mm.SelfDistillHook'))
 visualizer = dict(
     _delete_=True,
-    type='CAMVisualizer',
+    type='epsd_mm.CAMVisualizer',
     vis_backends=[dict(type='LocalVisBackend')],
     name='visualizer')

@@ -1,3 +1,10 @@
+from .cat_ids import sample_cat_ids
+from .cub import CUB200Dataset
+from .demo_cub import write_cub_demo
 from .demo_voc import write_voc_demo
+from .samplers import ClassPairSampler
 
-__all__ = ['write_voc_demo']
+__all__ = [
+    'CUB200Dataset', 'ClassPairSampler', 'sample_cat_ids', 'write_cub_demo',
+    'write_voc_demo'
+]

@@ -1,7 +1,10 @@
 """Draw the CAMs and boxes of a trained CAM localiser on test images.
 
 Each PNG shows the image and its CAM heat map side by side, with the
-ground-truth boxes (green) and the predicted box (magenta).
+ground-truth boxes (green) and the predicted box (magenta). Box and CAM are
+those of the class chosen by ``model.test_cfg.cam_class`` (the CUB configs use
+the ground-truth class; pass ``--cfg-options model.test_cfg.cam_class=pred``
+for the top-1 class).
 
 Example:
     python tools/analysis/visualize_cam.py configs/demo/epsd_cam_cub_demo.py \
@@ -28,7 +31,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--num', type=int, default=20, help='number of test images to draw')
     parser.add_argument(
-        '--work-dir', help='runner work dir (logs); defaults to OUT_DIR')
+        '--work-dir',
+        help='runner work dir (logs); defaults to work_dirs/<config name>')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -42,7 +46,9 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    cfg.work_dir = args.work_dir or args.out_dir
+    cfg.work_dir = args.work_dir or osp.join(
+        './work_dirs',
+        osp.splitext(osp.basename(args.config))[0])
     # The first --num test images; a Runner so that hooks (e.g. pruning
     # masks) take part in loading the checkpoint.
     cfg.test_dataloader.dataset.indices = args.num

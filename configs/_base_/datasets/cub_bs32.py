@@ -3,7 +3,7 @@
 # test pipeline loads the boxes *after* Resize, so they stay in original
 # image coordinates as WSOLMetric expects. 224x224 inputs: Resize(256) +
 # RandomCrop(224) + flip for training, Resize(224) for testing.
-dataset_type = 'CUB200Dataset'
+dataset_type = 'epsd_mm.CUB200Dataset'
 data_root = 'data/CUB_200_2011/'
 backend_args = None
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
@@ -51,5 +51,6 @@ test_dataloader = val_dataloader
 
 # WSOL benchmark protocol (Choe et al., CVPR 2020): CAM thresholds in 0.01
 # steps, MaxBoxAccV2 at IoU 0.3/0.5/0.7.
-val_evaluator = dict(type='WSOLMetric', cam_curve_interval=0.01)
+val_evaluator = dict(
+    type='epsd_mm.WSOLMetric', cam_curve_interval=0.01)
 test_evaluator = val_evaluator

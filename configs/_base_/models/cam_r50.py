@@ -2,7 +2,7 @@
 # (output stride 16, 14x14 CAMs at 224x224), a 1x1-conv CAM head, and boxes
 # from the CAM thresholded at 0.2 of its range.
 model = dict(
-    type='CAMLocalizer',
+    type='epsd_mm.CAMLocalizer',
     data_preprocessor=dict(
         type='mmdet.DetDataPreprocessor',
         mean=[123.675, 116.28, 103.53],
@@ -20,7 +20,7 @@ model = dict(
         style='pytorch',
         init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
     head=dict(
-        type='CAMHead',
+        type='epsd_mm.CAMHead',
         num_classes=200,
         in_channels=2048,
         loss_cls=dict(type='mmdet.CrossEntropyLoss', loss_weight=1.0)),

@@ -1,0 +1,4 @@
+from .functional import cam_to_bbox, cam_to_bboxes, normalize_cam
+from .wsol_metric import WSOLMetric
+
+__all__ = ['WSOLMetric', 'cam_to_bbox', 'cam_to_bboxes', 'normalize_cam']
