@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
 from epsd_mm.datasets.checks import check_dataset_paths
 from epsd_mm.registry import RUNNERS
+from epsd_mm.utils import setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,6 +69,8 @@ def main() -> None:
             dict(type='DumpResults', out_file_path=args.out))
 
     check_dataset_paths(cfg)
+    # torchrun on CPU-only machines (gloo): MMEngine would ask for CUDA
+    setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

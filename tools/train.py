@@ -15,6 +15,7 @@ from mmengine.runner import Runner
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
 from epsd_mm.datasets.checks import check_dataset_paths
 from epsd_mm.registry import RUNNERS
+from epsd_mm.utils import setup_cpu_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,6 +80,8 @@ def main() -> None:
     cfg.resume = args.resume
 
     check_dataset_paths(cfg)
+    # torchrun on CPU-only machines (gloo): MMEngine would ask for CUDA
+    setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
         runner = Runner.from_cfg(cfg)
     else:

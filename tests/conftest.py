@@ -1,0 +1,213 @@
+"""Shared fixtures: the VOC-layout demo data and a tiny runnable config.
+
+The tiny config is ``configs/demo/epsd_deeplab_voc_demo.py`` (itself EPSD on
+``mmseg::`` DeepLabV3) shrunk to CPU-test size: ResNetV1c-18 with 8 base
+channels, 64 px crops, batch 2, no dataloader workers, a handful of
+iterations and a 1-step ProsPr on 2 batches.
+"""
+import glob
+import itertools
+import os
+import os.path as osp
+import socket
+from types import SimpleNamespace
+from typing import Callable, Dict, Optional
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import epsd_mm  # noqa: F401  registers the epsd_mm scope
+from epsd_mm.datasets.demo_voc import write_voc_demo
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
+                       'epsd_deeplab_voc_demo.py')
+PYTHON = osp.join(REPO_ROOT, '.venv', 'bin', 'python')
+CROP = (64, 64)
+
+_counter = itertools.count()
+
+# Shared 2-core machine: with other processes running, intra-op threads
+# oversubscribe the cores and make tiny convolutions 10-50x slower.
+torch.set_num_threads(1)
+
+
+def train_pipeline(random_aug: bool = True) -> list:
+    """The demo's train pipeline at 64 px; ``random_aug=False`` keeps only
+    deterministic transforms (every pass over a sample is identical)."""
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
+    if random_aug:
+        pipeline += [
+            dict(
+                type='RandomResize',
+                scale=CROP,
+                ratio_range=(0.75, 1.5),
+                keep_ratio=True),
+            dict(type='RandomCrop', crop_size=CROP, cat_max_ratio=0.75),
+            dict(type='RandomFlip', prob=0.5),
+            dict(type='PhotoMetricDistortion'),
+        ]
+    else:
+        pipeline.append(dict(type='Resize', scale=CROP, keep_ratio=True))
+    pipeline += [dict(type='Pad', size=CROP), dict(type='PackSegInputs')]
+    return pipeline
+
+
+UNUSED_TOP_LEVEL = ('dataset_train', 'dataset_aug', 'voc_train', 'voc_aug',
+                    'train_pipeline', 'test_pipeline', 'tta_pipeline',
+                    'tta_model', 'img_ratios', 'crop_size', 'data_root',
+                    'dataset_type', 'max_iters', 'norm_cfg',
+                    'data_preprocessor', 'vis_backends')
+
+TEST_PIPELINE = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=CROP, keep_ratio=True),
+    dict(type='LoadAnnotations'),
+    dict(type='PackSegInputs')
+]
+
+
+def make_tiny_cfg(data_root: str,
+                  work_dir: str,
+                  overrides: Optional[Dict] = None,
+                  max_iters: int = 3,
+                  random_aug: bool = True) -> Config:
+    """A tiny runnable EPSD DeepLabV3 config derived from the demo config.
+
+    Args:
+        data_root (str): The demo ``VOC2012`` folder.
+        work_dir (str): The run's work_dir.
+        overrides (dict, optional): Applied last with
+            ``Config.merge_from_dict`` (dotted keys; lists replaced whole).
+            Switching ``default_hooks.pruning.criterion`` away from prospr
+            drops the ProsPr ``criterion_cfg`` unless one is given.
+        max_iters (int): Training iterations; also the val and checkpoint
+            interval.
+        random_aug (bool): Random geometric/photometric augmentation in the
+            train pipeline.
+    """
+    cfg = Config.fromfile(DEMO_CONFIG)
+    # Top-level helper variables of the config files that no component
+    # reads; dropping them keeps Config.pretty_text (formatted with yapf up
+    # to 5 times per run: log, dump, visualizer, checkpoint meta) cheap.
+    for key in UNUSED_TOP_LEVEL:
+        cfg.pop(key, None)
+    pipeline = train_pipeline(random_aug)
+    for dataset in cfg.train_dataloader.dataset.datasets:
+        dataset.data_root = data_root
+        dataset.pipeline = pipeline
+    name = f'tiny{next(_counter)}_{os.getpid()}'
+    cfg.merge_from_dict({
+        'work_dir': work_dir,
+        'experiment_name': name,
+        'visualizer.name': name,
+        'model.data_preprocessor.size': CROP,
+        'model.backbone.stem_channels': 8,
+        'model.backbone.base_channels': 8,
+        'model.decode_head.in_channels': 64,
+        'model.decode_head.channels': 16,
+        'model.auxiliary_head.in_channels': 32,
+        'model.auxiliary_head.channels': 8,
+        'train_dataloader.batch_size': 2,
+        'train_dataloader.num_workers': 0,
+        'val_dataloader.batch_size': 2,
+        'val_dataloader.num_workers': 0,
+        'val_dataloader.dataset.data_root': data_root,
+        'val_dataloader.dataset.pipeline': TEST_PIPELINE,
+        'train_cfg.max_iters': max_iters,
+        'train_cfg.val_interval': max_iters,
+        'param_scheduler': [
+            dict(
+                type='PolyLR',
+                eta_min=1e-4,
+                power=0.9,
+                begin=0,
+                end=max_iters,
+                by_epoch=False)
+        ],
+        'default_hooks.logger.interval': 1,
+        'default_hooks.checkpoint.interval': max_iters,
+        'default_hooks.pruning.num_batches': 2,
+        'default_hooks.pruning.criterion_cfg': dict(
+            num_steps=1, lr=0.1, first_order=False),
+    })
+    cfg.test_dataloader = cfg.val_dataloader
+    if overrides:
+        cfg.merge_from_dict(overrides)
+        pruning = cfg.default_hooks.get('pruning')
+        if (pruning is not None
+                and pruning.get('criterion', 'prospr') != 'prospr'
+                and not any(k.startswith('default_hooks.pruning.criterion_cfg')
+                            for k in overrides)):
+            # the fast ProsPr options do not apply to another criterion
+            pruning.criterion_cfg = None
+    return cfg
+
+
+@pytest.fixture(scope='session')
+def voc_root(tmp_path_factory) -> str:
+    """Demo VOC data (8 train, 4 val images of 64 px), written once."""
+    root = tmp_path_factory.mktemp('voc_demo')
+    return write_voc_demo(str(root), num_train=8, num_val=4, image_size=64)
+
+
+@pytest.fixture
+def tiny_cfg(voc_root, tmp_path) -> Callable[..., Config]:
+    """Factory of tiny configs: ``tiny_cfg(overrides=None, work_dir=None,
+    max_iters=3, random_aug=True)``; work_dir defaults to ``tmp_path``."""
+
+    def make(overrides: Optional[Dict] = None,
+             work_dir: Optional[str] = None,
+             max_iters: int = 3,
+             random_aug: bool = True) -> Config:
+        return make_tiny_cfg(voc_root, str(work_dir or tmp_path), overrides,
+                             max_iters, random_aug)
+
+    return make
+
+
+def read_logs(work_dir: str) -> str:
+    """All text logged by the runners of ``work_dir``."""
+    text = []
+    for path in sorted(glob.glob(osp.join(work_dir, '*', '*.log'))):
+        with open(path, encoding='utf-8') as f:
+            text.append(f.read())
+    return '\n'.join(text)
+
+
+def checkpoints(work_dir: str) -> list:
+    return sorted(glob.glob(osp.join(work_dir, '**', '*.pth'),
+                            recursive=True))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    """Environment of child processes: repo importable, few threads."""
+    env = dict(os.environ)
+    env['PYTHONPATH'] = REPO_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    env['OMP_NUM_THREADS'] = '1'
+    env['MKL_NUM_THREADS'] = '1'
+    env['PYTHONWARNINGS'] = 'ignore'
+    return env
+
+
+@pytest.fixture(scope='session')
+def helpers() -> SimpleNamespace:
+    """Helper functions for tests (test files cannot import conftest)."""
+    return SimpleNamespace(
+        read_logs=read_logs,
+        checkpoints=checkpoints,
+        free_port=free_port,
+        subprocess_env=subprocess_env,
+        make_tiny_cfg=make_tiny_cfg,
+        train_pipeline=train_pipeline,
+        test_pipeline=TEST_PIPELINE,
+        repo_root=REPO_ROOT,
+        python=PYTHON,
+        demo_config=DEMO_CONFIG)

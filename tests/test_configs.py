@@ -1,0 +1,122 @@
+"""Every config loads, its model builds in the config's scope, and its
+pruning / SD hooks are valid."""
+import glob
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
+                               DefaultScope)
+
+import epsd_mm  # noqa: F401
+from epsd_mm.engine import EarlyPruningHook, SelfDistillHook
+from epsd_mm.pruning import prunable_parameters
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(
+    osp.relpath(path, REPO_ROOT)
+    for path in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
+                          recursive=True)
+    if '_base_' not in osp.relpath(path, REPO_ROOT).split(osp.sep))
+
+
+def _load(rel_path):
+    return Config.fromfile(osp.join(REPO_ROOT, rel_path))
+
+
+def test_configs_found():
+    assert 'configs/epsd_deeplab_voc.py' in CONFIGS
+    assert 'configs/demo/epsd_deeplab_voc_demo.py' in CONFIGS
+    assert len([c for c in CONFIGS if c.startswith('configs/deeplab_voc/')
+                ]) >= 7
+
+
+@pytest.mark.parametrize('rel_path', CONFIGS)
+def test_config_builds(rel_path):
+    cfg = _load(rel_path)
+    assert cfg.default_scope == 'epsd_mm'
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+        hooks = {
+            name: HOOKS.build(hook_cfg)
+            for name, hook_cfg in cfg.default_hooks.items()
+            if name in ('pruning', 'self_distill')
+        }
+        # the data parts resolve in the config's scope as well
+        loader = cfg.train_dataloader
+        assert DATASETS.get(loader.dataset.type) is not None, \
+            loader.dataset.type
+        sampler_type = loader.sampler.type
+        with DefaultScope.overwrite_default_scope(
+                loader.sampler.get('_scope_', cfg.default_scope)):
+            assert DATA_SAMPLERS.get(sampler_type) is not None, sampler_type
+    sd_loss = getattr(model, 'sd_loss', None)
+    pruning = hooks.get('pruning')
+    if pruning is not None:
+        assert isinstance(pruning, EarlyPruningHook)
+        # the pruning scope holds prunable layers of the built model
+        assert prunable_parameters(model, pruning.scopes)
+        if pruning.loss == 'sd':
+            assert sd_loss is not None, 'EPSD scores with the SD loss'
+    if 'self_distill' in hooks:
+        assert isinstance(hooks['self_distill'], SelfDistillHook)
+        if sd_loss is not None:
+            assert hasattr(model, 'sd_enabled')
+
+
+VOC_VARIANTS = {
+    # config: (criterion, scoring loss, SD loss type) -- None: no pruning
+    'configs/epsd_deeplab_voc.py': ('prospr', 'sd', 'DLBLoss'),
+    'configs/deeplab_voc/dense.py': (None, None, None),
+    'configs/deeplab_voc/dense_sd.py': (None, None, 'DLBLoss'),
+    'configs/deeplab_voc/epsd_pskd.py': ('prospr', 'sd', 'PSKDLoss'),
+    'configs/deeplab_voc/epsd_cskd.py': ('prospr', 'sd', 'CSKDLoss'),
+    'configs/deeplab_voc/simple_combination.py': ('prospr', 'task',
+                                                  'DLBLoss'),
+    'configs/deeplab_voc/snip_sd.py': ('snip', 'task', 'DLBLoss'),
+    'configs/deeplab_voc/random_sd.py': ('random', 'sd', 'DLBLoss'),
+}
+
+
+@pytest.mark.parametrize('rel_path', sorted(VOC_VARIANTS))
+def test_voc_variants_are_what_they_say(rel_path):
+    criterion, loss, sd_type = VOC_VARIANTS[rel_path]
+    cfg = _load(rel_path)
+    # all of them are mmseg's DeepLabV3 R50-D8 VOC12aug recipe
+    assert cfg.model.type == 'epsd_mm.SelfDistillSegmentor'
+    assert cfg.model.backbone.type == 'ResNetV1c'
+    assert cfg.model.backbone.depth == 50
+    assert cfg.model.decode_head.type == 'ASPPHead'
+    assert cfg.train_cfg.max_iters == 20000
+    assert cfg.train_dataloader.dataset.type == 'ConcatDataset'
+    sd_loss = cfg.model.get('sd_loss')
+    assert (sd_loss or {}).get('type') == sd_type
+    pruning = cfg.default_hooks.get('pruning')
+    if criterion is None:
+        assert pruning is None
+        return
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        hook = HOOKS.build(pruning)
+    assert hook.sparsity == 0.9
+    assert hook.criterion == criterion and hook.loss == loss
+    assert hook.scopes == ('backbone', )
+    if criterion == 'prospr':
+        assert hook.criterion_cfg == dict(
+            num_steps=3, lr=0.1, first_order=False)
+    if sd_type == 'DLBLoss':
+        assert sd_loss.temperature == 3.0 and sd_loss.loss_weight == 1.0
+    if sd_type == 'PSKDLoss':
+        assert sd_loss.alpha_T == 0.8 and set(sd_loss) == {'type', 'alpha_T'}
+    if sd_type == 'CSKDLoss':
+        assert sd_loss.temperature == 4.0
+        assert cfg.train_dataloader.batch_size % 2 == 0
+        assert cfg.train_dataloader.sampler.type == 'epsd_mm.ClassPairSampler'
+
+
+def test_demo_config_is_cpu_sized():
+    cfg = _load('configs/demo/epsd_deeplab_voc_demo.py')
+    assert cfg.model.backbone.depth == 18
+    assert cfg.model.backbone.norm_cfg.type == 'BN'  # not SyncBN
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model.data_preprocessor.size == (96, 96)
+    assert cfg.default_hooks.pruning.type == 'epsd_mm.EarlyPruningHook'

@@ -1,0 +1,97 @@
+"""Distributed pruning: 2 CPU processes, gloo, launched by torchrun."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import torch
+
+HERE = osp.dirname(osp.abspath(__file__))
+TIMEOUT = 300
+
+
+def _env(helpers) -> dict:
+    env = helpers.subprocess_env()
+    # as with an activated venv: tools/*.sh call plain `python`
+    env['PATH'] = osp.dirname(sys.executable) + os.pathsep + env['PATH']
+    return env
+
+
+def _failure(proc) -> str:
+    """The error lines and the tail of a failed subprocess' output."""
+    lines = proc.stdout.splitlines()
+    errors = [l for l in lines if 'Error' in l or 'error:' in l]
+    return '\n'.join(errors[-20:] + ['...'] + lines[-40:])
+
+
+def _run(cmd, helpers, cwd, **env_extra):
+    env = _env(helpers)
+    env.update(env_extra)
+    proc = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=TIMEOUT)
+    return proc
+
+
+def test_ranks_hold_identical_masks(voc_root, tmp_path, helpers):
+    work_dir = str(tmp_path)
+    cmd = [
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        '--nnodes=1', f'--master_port={helpers.free_port()}',
+        osp.join(HERE, '_dist_prune_worker.py'), voc_root, work_dir
+    ]
+    proc = _run(cmd, helpers, cwd=helpers.repo_root)
+    assert proc.returncode == 0, _failure(proc)
+    rank0 = torch.load(osp.join(work_dir, 'rank0.pt'))
+    rank1 = torch.load(osp.join(work_dir, 'rank1.pt'))
+    assert rank0['world_size'] == rank1['world_size'] == 2
+    assert rank0['wrapper'] == 'MMDistributedDataParallel'
+    # the ranks drew different data, so their local scores differed ...
+    assert rank0['indices'] != rank1['indices']
+    # ... yet they hold the same masks, zero patterns and weights
+    assert len(rank0['masks']) == 22
+    for key in ('masks', 'zeros', 'weights'):
+        assert rank0[key].keys() == rank1[key].keys()
+        for name in rank0[key]:
+            assert torch.equal(rank0[key][name], rank1[key][name]), \
+                (key, name)
+    total = sum(m.numel() for m in rank0['masks'].values())
+    kept = sum(int(m.sum()) for m in rank0['masks'].values())
+    assert kept == round(0.1 * total)
+    for name, mask in rank0['masks'].items():
+        assert torch.equal(rank0['zeros'][name], ~mask | rank0['zeros'][name])
+        assert rank0['zeros'][name][~mask].all()
+    log = helpers.read_logs(work_dir)
+    assert 'EarlyPruningHook: scoring 22 layers with prospr' in log
+    assert 'Iter(train) [2/2]' in log
+
+
+def test_dist_train_sh_smoke(tiny_cfg, tmp_path, helpers):
+    cfg = tiny_cfg(max_iters=2)
+    cfg_path = str(tmp_path / 'tiny_epsd.py')
+    cfg.dump(cfg_path)
+    work_dir = str(tmp_path / 'work')
+    proc = _run([
+        'bash',
+        osp.join(helpers.repo_root, 'tools', 'dist_train.sh'), cfg_path, '2',
+        '--work-dir', work_dir
+    ],
+                helpers,
+                cwd=str(tmp_path),
+                PORT=str(helpers.free_port()))
+    assert proc.returncode == 0, _failure(proc)
+    ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'))
+    masks = {k: v for k, v in ckpt['state_dict'].items()
+             if k.endswith('.weight_mask')}
+    assert len(masks) == 22
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == round(0.1 * sum(m.numel() for m in masks.values()))
+    log = helpers.read_logs(work_dir)
+    assert 'Distributed launcher: pytorch' in log
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert 'Iter(val)' in log and 'sparsity: 0.9000' in log

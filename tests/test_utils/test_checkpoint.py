@@ -1,0 +1,143 @@
+"""MMEngine checkpoints load under torch's ``weights_only`` default, and only
+the globals they need were allow-listed (safety is not switched off)."""
+import argparse
+import glob
+import os.path as osp
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import Runner, load_checkpoint
+
+from epsd_mm.utils.checkpoint import checkpoint_safe_globals
+
+
+class NotAllowed:
+    """A class no allow-list contains."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _run_log(runner) -> str:
+    path, = glob.glob(osp.join(runner.log_dir, '*.log'))
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, voc_root, helpers):
+    """A 2-iteration run with a checkpoint at iteration 2."""
+    work_dir = str(tmp_path_factory.mktemp('ckpt_run'))
+    cfg = helpers.make_tiny_cfg(
+        voc_root,
+        work_dir, {'default_hooks.pruning.criterion': 'magnitude'},
+        max_iters=2)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return work_dir, osp.join(work_dir, 'iter_2.pth')
+
+
+def test_weights_only_is_the_default(tmp_path):
+    """The environment the allow-list is for: torch >= 2.6 loads with
+    weights_only=True unless told otherwise (and nobody forced it off)."""
+    import os
+    assert tuple(int(v) for v in torch.__version__.split('.')[:2]) >= (2, 6)
+    for var in ('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD',
+                'TORCH_FORCE_WEIGHTS_ONLY_LOAD'):
+        assert os.environ.get(var) in (None, '', '0'), var
+    path = str(tmp_path / 'obj.pth')
+    torch.save({'obj': NotAllowed(1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match='weights_only'):
+        torch.load(path)
+
+
+def test_safe_globals_registered_on_import():
+    safe = torch.serialization.get_safe_globals()
+    for obj in checkpoint_safe_globals():
+        assert obj in safe
+    assert HistoryBuffer in safe
+    # nothing broad such as builtins.eval / exec / os.system
+    import builtins
+    import os
+    for dangerous in (builtins.eval, builtins.exec, os.system,
+                      builtins.__import__):
+        assert dangerous not in safe
+
+
+def test_checkpoint_loads_with_default_torch_load(trained):
+    _, ckpt_path = trained
+    ckpt = torch.load(ckpt_path)  # weights_only=True by default
+    assert ckpt['meta']['iter'] == 2
+    assert 'optimizer' in ckpt and 'param_schedulers' in ckpt
+    log_scalars = ckpt['message_hub']['log_scalars']
+    assert isinstance(log_scalars['train/loss'], HistoryBuffer)
+    losses = log_scalars['train/loss'].data[0]
+    assert isinstance(losses, np.ndarray) and losses.shape == (2, )
+    assert np.isfinite(losses).all()
+    # masks of the pruned backbone travel in the state dict
+    masks = [k for k in ckpt['state_dict'] if k.endswith('.weight_mask')]
+    assert masks and all(k.startswith('backbone.') for k in masks)
+
+
+def test_mmengine_load_checkpoint(trained, tiny_cfg):
+    from mmengine.registry import DefaultScope
+    from epsd_mm.pruning import attach_mask_buffers, masked_param_names
+    from epsd_mm.registry import MODELS
+    _, ckpt_path = trained
+    cfg = tiny_cfg()
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        model = MODELS.build(cfg.model)
+    state = torch.load(ckpt_path)['state_dict']
+    attach_mask_buffers(model, masked_param_names(state))
+    ckpt = load_checkpoint(model, ckpt_path, strict=True)
+    assert ckpt['meta']['iter'] == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_resume_continues_iterations(trained, tiny_cfg):
+    work_dir, ckpt_path = trained
+    cfg = tiny_cfg(
+        {
+            'default_hooks.pruning.criterion': 'magnitude',
+            'train_cfg.val_interval': 100,
+        },
+        work_dir=work_dir,
+        max_iters=4)
+    cfg.resume = True
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter == 4
+    log = _run_log(runner)
+    assert f'Auto resumed from the latest checkpoint {ckpt_path}' in log
+    assert 'resumed epoch: 0, iter: 2' in log
+    # training continued at iteration 3; iterations 1-2 were not repeated
+    assert 'Iter(train) [3/4]' in log and 'Iter(train) [4/4]' in log
+    assert 'Iter(train) [1/4]' not in log
+    assert 'Iter(train) [2/4]' not in log
+    ckpt = torch.load(osp.join(work_dir, 'iter_4.pth'))
+    assert ckpt['meta']['iter'] == 4
+    # the loss history carried over: 2 old + 2 new entries
+    assert ckpt['message_hub']['log_scalars']['train/loss'].data[0].shape \
+        == (4, )
+
+
+def test_non_allowed_class_still_refused(tmp_path, trained):
+    """Loading stays weights_only: a checkpoint holding any other object
+    fails, by default and through mmengine's loader."""
+    _, ckpt_path = trained
+    ckpt = torch.load(ckpt_path)
+    for evil in (NotAllowed(1), argparse.Namespace(a=1)):
+        ckpt['meta']['evil'] = evil
+        path = str(tmp_path / f'{type(evil).__name__}.pth')
+        torch.save(ckpt, path)
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path)
+        with pytest.raises(pickle.UnpicklingError):
+            load_checkpoint(torch.nn.Linear(1, 1), path)
+        # explicitly opting out still works, so the file itself is fine
+        assert type(torch.load(path, weights_only=False)['meta']['evil']) \
+            is type(evil)
