@@ -5,4 +5,8 @@ model = dict(
     sd_loss=dict(_delete_=True, type='CSKDLoss', temperature=4.0, loss_weight=1.0))
 train_dataloader = dict(
     batch_size=4,  # two (anchor, partner) pairs per GPU
-    sampler=dict(_delete_=True, type='epsd_mm.ClassPairSampler', shuffle=True))
+    sampler=dict(
+        _delete_=True,
+        type='epsd_mm.ClassPairSampler',
+        shuffle=True,
+        exclude_classes=(0, )))  # pair images by objects, not background

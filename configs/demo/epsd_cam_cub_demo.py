@@ -12,8 +12,14 @@ meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
 max_epochs = 20
 
 model = dict(
+    # Random init: keep the residual branches' last BN non-zero, or their
+    # convs score zero under gradient criteria at initialisation.
     backbone=dict(
-        depth=18, base_channels=16, strides=(1, 2, 1, 1), init_cfg=None),
+        depth=18,
+        base_channels=16,
+        strides=(1, 2, 1, 1),
+        init_cfg=None,
+        zero_init_residual=False),
     head=dict(num_classes=4, in_channels=128))
 
 train_pipeline = [

@@ -11,8 +11,14 @@ max_iters = 300
 model = dict(
     pretrained=None,
     data_preprocessor=dict(size=crop_size),
+    # Random init: mmseg zero-initialises the last BN of every residual
+    # block, which would give every residual conv a zero SNIP/GraSP score.
     backbone=dict(
-        depth=18, stem_channels=16, base_channels=16, norm_cfg=norm_cfg),
+        depth=18,
+        stem_channels=16,
+        base_channels=16,
+        norm_cfg=norm_cfg,
+        zero_init_residual=False),
     decode_head=dict(
         in_channels=128,
         channels=32,

@@ -1,7 +1,7 @@
 """Samplers that build the (anchor, partner) batches of CS-KD."""
 import math
 from collections import defaultdict
-from typing import Dict, Iterator, List, Optional, Sized
+from typing import Dict, Iterator, List, Optional, Sequence, Sized
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ class ClassPairSampler(Sampler):
             ``mmengine.dist``. Defaults to None.
         world_size (int, optional): Number of processes; ``None`` asks
             ``mmengine.dist``. Defaults to None.
+        exclude_classes (Sequence[int]): Classes that never make a pair,
+            e.g. ``(0, )`` for the background of segmentation datasets, so
+            partners share an object class. Defaults to ().
     """
 
     def __init__(self,
@@ -54,7 +57,8 @@ class ClassPairSampler(Sampler):
                  seed: Optional[int] = None,
                  round_up: bool = True,
                  rank: Optional[int] = None,
-                 world_size: Optional[int] = None) -> None:
+                 world_size: Optional[int] = None,
+                 exclude_classes: Sequence[int] = ()) -> None:
         dist_rank, dist_world_size = get_dist_info()
         self.rank = dist_rank if rank is None else rank
         self.world_size = (
@@ -71,7 +75,8 @@ class ClassPairSampler(Sampler):
         self._classes: List[List[int]] = []
         members: Dict[int, List[int]] = defaultdict(list)
         for idx in range(len(dataset)):
-            cat_ids = sorted(set(sample_cat_ids(dataset, idx)))
+            cat_ids = sorted(
+                set(sample_cat_ids(dataset, idx)) - set(exclude_classes))
             self._classes.append(cat_ids)
             for cat_id in cat_ids:
                 members[cat_id].append(idx)

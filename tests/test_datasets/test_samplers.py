@@ -54,6 +54,19 @@ def test_multi_label_partner_shares_a_class():
                 assert partner == anchor
 
 
+def test_excluded_classes_never_pair():
+    # Class 0 plays the background: every sample has it.
+    dataset = LabelledDataset([[0, 1], [0, 2], [0, 1], [0, 2], [0]])
+    sampler = ClassPairSampler(
+        dataset, seed=0, rank=0, world_size=1, exclude_classes=(0, ))
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        for anchor, partner in pairs(sampler):
+            shared = set(dataset.get_cat_ids(anchor)) & set(
+                dataset.get_cat_ids(partner)) - {0}
+            assert shared or (anchor == partner == 4)
+
+
 @pytest.mark.parametrize('round_up', [True, False])
 def test_two_ranks_shard_the_anchors(round_up):
     samplers = [

@@ -390,7 +390,8 @@ def test_invalid_arguments_fail_at_runner_build(tiny_cfg, tmp_path, helpers):
     # one even at 50% -- reported clearly instead of training a cut network
     ({'default_hooks.pruning.criterion': 'snip',
       'default_hooks.pruning.loss': 'task',
-      'default_hooks.pruning.sparsity': 0.5},
+      'default_hooks.pruning.sparsity': 0.5,
+      'model.backbone.zero_init_residual': True},
      r'prunes every weight of \d+ layer\(s\): backbone\.layer4\.1\.conv'),
 ],
                          ids=['scope', 'no_sd_loss', 'collapse', 'nan',

@@ -184,6 +184,7 @@ class EarlyPruningHook(Hook):
             print()  # end the progress line
         for score in scores.values():
             dist.all_reduce(score, op='mean')  # no-op when not distributed
+        self._warn_zero_scores(runner, scores)
         masks = select_masks(
             scores,
             self.sparsity,
@@ -196,6 +197,20 @@ class EarlyPruningHook(Hook):
                 dist.broadcast(synced, src=0)
                 masks[name] = synced.to(mask.dtype)
         apply_masks(model, masks)
+
+    def _warn_zero_scores(self, runner, scores: Dict[str, Tensor]) -> None:
+        """Layers scored all zero are cut by tie order, not by merit."""
+        if self.criterion == 'random':
+            return
+        dead = [name for name, score in scores.items() if not score.any()]
+        if dead:
+            runner.logger.warning(
+                f'EarlyPruningHook: {len(dead)} layers score exactly 0 under '
+                f'{self.criterion}, so their masks follow tie order: '
+                f'{", ".join(dead[:6])}{" ..." if len(dead) > 6 else ""}. '
+                'A common cause is zero-initialised residual BN layers at '
+                'random init: set backbone.zero_init_residual=False, or use '
+                "criterion='prospr', whose inner steps revive them.")
 
     def _synflow_kwargs(self, runner, model: nn.Module, kwargs: dict) -> dict:
         """SynFlow runs the network on an all-ones input of one sample's
