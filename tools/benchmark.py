@@ -327,20 +327,40 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
              ], args.seeds, 'cub')))
     command = 'python tools/benchmark.py ' + ' '.join(
         sys.argv[1:] if argv is None else argv)
-    header = [
-        '# Benchmarks', '',
-        f'Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, '
-        f'{args.threads} torch threads. {versions()}.', '',
-        f'Reproduce: `{command}` (after `make setup` and '
-        '`python tools/make_demo_data.py voc` / `cub`).', ''
-    ]
-    body = []
-    for title, lines in sections:
-        body += [f'## {title}', ''] + lines + ['']
-    os.makedirs(osp.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as f:
-        f.write('\n'.join(header + body))
+    machine = (f'{platform.machine()}, {os.cpu_count()} cores, CPU only, '
+               f'{args.threads} torch threads; {versions()}')
+    write_report(args.out, sections, command, machine)
     print(f'wrote {args.out}')
+
+
+def write_report(path: str, sections: List[tuple], command: str,
+                 machine: str) -> None:
+    """Replace the given sections of the report, keep the others.
+
+    Each section records the command and machine that produced it, so a
+    report assembled from several runs still says where every table came
+    from (all ratios inside one table come from one run).
+    """
+    blocks: Dict[str, str] = {}
+    if osp.exists(path):
+        with open(path) as f:
+            for block in f.read().split('\n## ')[1:]:
+                title, _, body = block.partition('\n')
+                blocks[title.strip()] = body.strip('\n')
+    for title, lines in sections:
+        blocks[title] = '\n'.join(
+            [f'Measured by `{command}` on {machine}.', ''] + lines)
+    text = [
+        '# Benchmarks', '',
+        'Written by `tools/benchmark.py` (after `make setup`, '
+        '`python tools/make_demo_data.py voc` and `... cub`). Absolute '
+        'times depend on the machine; compare the ratios within a table.', ''
+    ]
+    for title, body in blocks.items():
+        text += [f'## {title}', '', body, '']
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write('\n'.join(text))
 
 
 if __name__ == '__main__':
