@@ -1,3 +1,7 @@
-from .hooks import EarlyPruningHook, SelfDistillHook
+from .hooks import (BaseMaskHook, EarlyPruningHook, GradualPruningHook,
+                    SelfDistillHook, UnprunedView, unwrap_model)
 
-__all__ = ['EarlyPruningHook', 'SelfDistillHook']
+__all__ = [
+    'BaseMaskHook', 'EarlyPruningHook', 'GradualPruningHook',
+    'SelfDistillHook', 'UnprunedView', 'unwrap_model'
+]

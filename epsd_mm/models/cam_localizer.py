@@ -101,11 +101,12 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
         return self.head(self.extract_feat(batch_inputs))
 
     # Self-distillation task hooks ------------------------------------------
-    def sd_forward(self, inputs: Tensor) -> Tuple[Tensor, None]:
-        """Logits ``(N, num_classes)``; the task losses need nothing else."""
-        return self.head.pool(self._forward(inputs)), None
+    def sd_forward(self, inputs: Tensor) -> Tuple[Tensor, Tuple[Tensor]]:
+        """Logits ``(N, num_classes)`` and the backbone features."""
+        feats = self.extract_feat(inputs)
+        return self.head.pool(self.head(feats)), feats
 
-    def sd_task_losses(self, logits: Tensor, extra: None,
+    def sd_task_losses(self, logits: Tensor, extra: Tuple[Tensor],
                        data_samples: List[DetDataSample],
                        with_main_ce: bool) -> Dict[str, Tensor]:
         """Cross-entropy ``loss_cls``, or nothing when PS-KD replaces it."""

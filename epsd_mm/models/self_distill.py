@@ -16,6 +16,12 @@ loss dict of the configured SD method:
 * **CS-KD** -- batches come in (anchor, partner) pairs sharing a class
   (:class:`~epsd_mm.datasets.ClassPairSampler`); task losses use the anchors,
   the partners are predicted without gradient and act as teachers.
+* **Cross-correlation** (self-distilled pruning) -- the teacher is the
+  network itself with its masks lifted (set by
+  :class:`~epsd_mm.engine.hooks.GradualPruningHook`); the backbone features
+  of the pruned network and of that unpruned self, on the same batch, are
+  pulled together by :class:`~epsd_mm.losses.CrossCorrelationLoss`. Until
+  pruning starts there is no teacher and the term is zero.
 
 The state lives outside the module tree (DLB's previous batch, the PS-KD
 teacher), so it never enters ``state_dict`` or DDP's parameter list.
@@ -27,10 +33,15 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from epsd_mm.losses import CSKDLoss, DLBLoss, PSKDLoss
+from epsd_mm.losses import CrossCorrelationLoss, CSKDLoss, DLBLoss, PSKDLoss
 from epsd_mm.registry import MODELS
 
-SD_METHODS = {DLBLoss: 'dlb', PSKDLoss: 'pskd', CSKDLoss: 'cskd'}
+SD_METHODS = {
+    DLBLoss: 'dlb',
+    PSKDLoss: 'pskd',
+    CSKDLoss: 'cskd',
+    CrossCorrelationLoss: 'xcorr'
+}
 
 
 class SelfDistillMixin:
@@ -52,8 +63,9 @@ class SelfDistillMixin:
         """Build the SD loss and reset the state.
 
         Args:
-            sd_loss (dict, optional): Config of ``DLBLoss``, ``PSKDLoss`` or
-                ``CSKDLoss``. ``None`` trains with the task loss only.
+            sd_loss (dict, optional): Config of ``DLBLoss``, ``PSKDLoss``,
+                ``CSKDLoss`` or ``CrossCorrelationLoss``. ``None`` trains with
+                the task loss only.
         """
         if sd_loss is not None:
             # Built in our scope even when the model dict was inherited from
@@ -74,7 +86,7 @@ class SelfDistillMixin:
 
     @property
     def sd_method(self) -> Optional[str]:
-        """``'dlb'``, ``'pskd'``, ``'cskd'`` or ``None``."""
+        """``'dlb'``, ``'pskd'``, ``'cskd'``, ``'xcorr'`` or ``None``."""
         if self.sd_loss is None:
             return None
         return SD_METHODS[type(self.sd_loss)]
@@ -130,6 +142,11 @@ class SelfDistillMixin:
         """Labels ``(N,)`` or ``(N, H, W)`` of the batch."""
         raise NotImplementedError
 
+    def sd_features(self, extra: object) -> Tensor:
+        """Representation compared by the cross-correlation loss: the last
+        backbone feature map, given ``extra`` from :meth:`sd_forward`."""
+        return extra[-1]
+
     # The SD methods -------------------------------------------------------
     def self_distill_loss(self, inputs: Tensor,
                           data_samples: List) -> Dict[str, Tensor]:
@@ -181,6 +198,20 @@ class SelfDistillMixin:
             self.sd_align_logits(teacher_logits, data_samples),
             self.sd_labels(data_samples),
             progress=self.sd_progress)
+        return losses
+
+    def _xcorr_loss(self, inputs: Tensor,
+                    data_samples: List) -> Dict[str, Tensor]:
+        logits, extra = self.sd_forward(inputs)
+        losses = self.sd_task_losses(logits, extra, data_samples, True)
+        teacher = self.sd_teacher
+        if teacher is None:  # nothing pruned yet: the network is its teacher
+            losses[self.sd_loss.loss_name] = logits.sum() * 0
+            return losses
+        with torch.no_grad():
+            _, teacher_extra = teacher.sd_forward(inputs)
+        losses[self.sd_loss.loss_name] = self.sd_loss(
+            self.sd_features(extra), self.sd_features(teacher_extra))
         return losses
 
     def _cskd_loss(self, inputs: Tensor,

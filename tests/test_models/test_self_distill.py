@@ -75,8 +75,10 @@ def test_sd_loss_types(cfg, cls, method):
 
 def test_other_losses_are_rejected():
     with pytest.raises(TypeError, match='sd_loss must be one of'):
-        TinyClassifier(dict(type='CrossCorrelationLoss'))
-    assert CrossCorrelationLoss  # it exists, it just is no SD method here
+        TinyClassifier(dict(type='mmseg.CrossEntropyLoss'))
+    model = TinyClassifier(dict(type='CrossCorrelationLoss'))
+    assert isinstance(model.sd_loss, CrossCorrelationLoss)
+    assert model.sd_method == 'xcorr'
 
 
 def test_dlb_targets_are_the_previous_predictions():

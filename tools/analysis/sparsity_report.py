@@ -12,7 +12,6 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from mmengine.runner import CheckpointLoader  # noqa: E402
 from torch import Tensor  # noqa: E402
 

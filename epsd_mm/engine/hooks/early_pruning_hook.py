@@ -3,19 +3,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine import dist
-from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.utils import ProgressBar
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (SCORERS, apply_masks, attach_mask_buffers,
-                             compute_scores,
-                             format_sparsity_table, get_masks,
-                             masked_param_names,
-                             overall_sparsity,
-                             prunable_parameters, register_mask_enforcement,
-                             select_masks, sparsity_stats)
+from epsd_mm.pruning import (SCORERS, apply_masks, compute_scores, get_masks,
+                             prunable_parameters, select_masks)
 from epsd_mm.registry import HOOKS
+from .mask_hook import BaseMaskHook, unwrap_model
 
 SCORING_LOSSES = ('sd', 'task')
 # Criteria that need no training batches.
@@ -30,12 +24,8 @@ def model_loss(model: nn.Module, batch: dict) -> Tensor:
     return loss
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if is_model_wrapper(model) else model
-
-
 @HOOKS.register_module()
-class EarlyPruningHook(Hook):
+class EarlyPruningHook(BaseMaskHook):
     """Score every prunable weight before training and cut to a sparsity.
 
     At ``before_train`` the hook draws ``num_batches`` batches from the train
@@ -81,10 +71,6 @@ class EarlyPruningHook(Hook):
             error when a layer would be fully pruned. Defaults to 0.
     """
 
-    # HIGHEST: masks exist before other hooks train, and the sparsity joins
-    # the val/test metrics before RuntimeInfoHook (VERY_HIGH) logs them.
-    priority = 'HIGHEST'
-
     def __init__(self,
                  sparsity: float = 0.9,
                  criterion: str = 'prospr',
@@ -94,6 +80,7 @@ class EarlyPruningHook(Hook):
                  num_batches: int = 4,
                  selection: str = 'global',
                  min_density: float = 0.0) -> None:
+        super().__init__()
         if not 0 <= sparsity < 1:
             raise ValueError(
                 f'EarlyPruningHook: sparsity must be in [0, 1), got '
@@ -124,11 +111,10 @@ class EarlyPruningHook(Hook):
         self.num_batches = num_batches if criterion not in DATA_FREE else 0
         self.selection = selection
         self.min_density = min_density
-        self._enforcement = None
 
     # Validation before any checkpoint exists ---------------------------
     def before_run(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         prunable_parameters(model, self.scopes)  # raises on an empty scope
         if self.loss == 'sd' and getattr(model, 'sd_loss', None) is None:
             raise ValueError(
@@ -137,30 +123,17 @@ class EarlyPruningHook(Hook):
                 "`sd_loss`. Configure model.sd_loss (e.g. dict(type='DLBLoss'"
                 ")) or score with loss='task'.")
 
-    # Checkpoints -------------------------------------------------------
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        """Create mask buffers for the masks a checkpoint carries, so that
-        loading the state dict restores them (called before the load)."""
-        names = [
-            name[len('module.'):] if name.startswith('module.') else name
-            for name in masked_param_names(checkpoint.get('state_dict', {}))
-        ]
-        if names:
-            attach_mask_buffers(_unwrap(runner.model), names)
-
     # Pruning -----------------------------------------------------------
     def before_train(self, runner) -> None:
-        model = _unwrap(runner.model)
+        model = unwrap_model(runner.model)
         if get_masks(model):
             runner.logger.info(
                 'EarlyPruningHook: masks restored from the checkpoint; '
                 'not re-scoring.')
         else:
             self._prune(runner, model)
-        self._log_sparsity(runner, model)
-        if self._enforcement is None:
-            self._enforcement = register_mask_enforcement(
-                runner.optim_wrapper.optimizer, model)
+        self.log_sparsity(runner)
+        self.enforce(runner)
 
     def _prune(self, runner, model: nn.Module) -> None:
         params = prunable_parameters(model, self.scopes)
@@ -254,23 +227,6 @@ class EarlyPruningHook(Hook):
             return loss
 
         return loss_fn
-
-    # Reporting ---------------------------------------------------------
-    def _log_sparsity(self, runner, model: nn.Module) -> None:
-        runner.logger.info('EarlyPruningHook: per-layer sparsity\n' +
-                           format_sparsity_table(sparsity_stats(model)))
-
-    def _add_sparsity(self, runner, metrics: Optional[Dict[str,
-                                                           float]]) -> None:
-        stats = sparsity_stats(_unwrap(runner.model))
-        if metrics is not None and stats:
-            metrics['sparsity'] = overall_sparsity(stats)
-
-    def after_val_epoch(self, runner, metrics=None) -> None:
-        self._add_sparsity(runner, metrics)
-
-    def after_test_epoch(self, runner, metrics=None) -> None:
-        self._add_sparsity(runner, metrics)
 
 
 class _scoring_state:

@@ -71,9 +71,9 @@ class SelfDistillHook(Hook):
             model.set_sd_teacher(model.sd_snapshot())
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        teacher = self._model(runner).sd_teacher
-        if teacher is not None:
-            checkpoint[TEACHER_KEY] = teacher.state_dict()
+        model = self._model(runner)
+        if model.sd_method == 'pskd' and model.sd_teacher is not None:
+            checkpoint[TEACHER_KEY] = model.sd_teacher.state_dict()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         self._teacher_state = checkpoint.get(TEACHER_KEY)
