@@ -9,7 +9,9 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
                                DefaultScope)
 
 import epsd_mm  # noqa: F401
-from epsd_mm.engine import EarlyPruningHook, SelfDistillHook
+from epsd_mm.engine import (EarlyPruningHook, GradualPruningHook,
+                            SelfDistillHook)
+from epsd_mm.losses import CrossCorrelationLoss
 from epsd_mm.pruning import prunable_parameters
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -52,7 +54,11 @@ def test_config_builds(rel_path):
             assert DATA_SAMPLERS.get(sampler_type) is not None, sampler_type
     sd_loss = getattr(model, 'sd_loss', None)
     pruning = hooks.get('pruning')
-    if pruning is not None:
+    if isinstance(pruning, GradualPruningHook):
+        # self-distilled pruning distils from the unpruned self
+        assert isinstance(sd_loss, CrossCorrelationLoss)
+        assert prunable_parameters(model, pruning.scopes)
+    elif pruning is not None:
         assert isinstance(pruning, EarlyPruningHook)
         # the pruning scope holds prunable layers of the built model
         assert prunable_parameters(model, pruning.scopes)
