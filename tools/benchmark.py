@@ -263,13 +263,15 @@ def bench_quality(config: str, metric_keys: Sequence[str], seeds: Sequence[int],
     for method, edit in FAMILY.items():
         runs = []
         for seed in seeds:
-            work_dir = osp.join('/tmp/epsd_benchmark', tag,
-                                method.split(' ')[0], str(seed))
+            slug = ''.join(c if c.isalnum() else '_' for c in method)
+            work_dir = osp.join('/tmp/epsd_benchmark', tag, slug, str(seed))
             runs.append(train_and_eval(config, edit, seed, work_dir))
             print(f'[{tag}] {method} seed {seed}: {runs[-1]}', flush=True)
         cells = []
         for key in list(metric_keys) + ['sparsity']:
-            values = [r.get(key, float('nan')) for r in runs]
+            # No pruning hook, no sparsity entry: the model is dense.
+            values = [float(r.get(key, 0.0 if key == 'sparsity' else 'nan'))
+                      for r in runs]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f'{statistics.mean(values):.2f} ± {std:.2f}'
                          if key != 'sparsity' else
