@@ -142,8 +142,10 @@ def bench_scoring(args: dict) -> List[str]:
     lines = [
         f'Model: demo DeepLabV3 (ResNetV1c-18, width 16), input '
         f'{args["size"]}x{args["size"]}, batch {args["batch"]}; prospr takes '
-        'one inner step per batch, snip sums over 4 batches. Peak memory is '
-        'the growth of the process\'s max RSS during scoring.', '',
+        'one inner step per batch (M steps + the final loss = M+1 loss '
+        'evaluations), snip sums its gradient over all 4 batches (4 '
+        'evaluations). Peak memory is the growth of the process\'s max RSS '
+        'during scoring.', '',
         '| criterion | wall time (s) | time vs snip | extra peak RSS (MB) | '
         'memory vs snip |', '| --- | ---: | ---: | ---: | ---: |'
     ]
