@@ -1,4 +1,6 @@
 import os.path as osp
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -217,3 +219,30 @@ def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
         assert sparsity == pytest.approx(0.9, abs=0.01)
     else:
         assert sparsity < 0.01
+
+
+def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path):
+    """tools/test.py on a pruned demo checkpoint: WSOL metrics + sparsity."""
+    cfg = tiny_demo_cfg(data_root, tmp_path / 'train', 'cskd', True)
+    Runner.from_cfg(cfg).train()
+    cfg_file = tmp_path / 'cub_tiny.py'
+    cfg.dump(str(cfg_file))
+    repo = osp.join(osp.dirname(__file__), '../..')
+    result = subprocess.run([
+        sys.executable, 'tools/test.py',
+        str(cfg_file),
+        str(tmp_path / 'train' / 'epoch_1.pth'), '--work-dir',
+        str(tmp_path / 'test')
+    ],
+                            cwd=repo,
+                            capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [
+        line for line in (result.stdout + result.stderr).splitlines()
+        if 'wsol/top1_loc' in line
+    ]
+    assert lines, result.stdout[-3000:]
+    for key in ('wsol/top1_cls', 'wsol/gt_known_loc', 'wsol/maxboxacc_v2',
+                'sparsity: 0.9'):
+        assert key in lines[-1]
