@@ -67,7 +67,8 @@ FAMILY = {
 
 # Shared set-up ---------------------------------------------------------
 def build_demo(config: str, batch_size: int, image_size: int):
-    """Model, optimizer wrapper and one preprocessed batch of a demo config."""
+    """Model, optimizer-wrapper config, one raw and one preprocessed batch of
+    a demo config."""
     from mmengine.config import Config
     from mmengine.runner import Runner
 
@@ -82,8 +83,7 @@ def build_demo(config: str, batch_size: int, image_size: int):
     model = runner.model
     data = next(iter(runner.train_dataloader))
     batch = model.data_preprocessor(data, training=True)
-    optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
-    return model, optim_wrapper, data, batch
+    return model, cfg.optim_wrapper, data, batch
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -166,9 +166,8 @@ def bench_step(args: dict) -> List[str]:
                                  random_scores, register_mask_enforcement,
                                  select_masks)
     from epsd_mm.registry import MODELS
-    model, _, data, _ = build_demo(SEG_DEMO, args['batch'], args['size'])
-    from mmengine.config import Config
-    optim_cfg = Config.fromfile(osp.join(ROOT, SEG_DEMO)).optim_wrapper
+    model, optim_cfg, data, _ = build_demo(SEG_DEMO, args['batch'],
+                                           args['size'])
     masks = select_masks(
         random_scores(prunable_parameters(model, ('backbone', ))), 0.9)
 

@@ -123,6 +123,12 @@ class SelfDistillMixin:
         finally:
             self.sd_enabled = enabled
 
+    @property
+    def _keeps_task_ce(self) -> bool:
+        """PS-KD's loss contains the hard-label term and replaces the main
+        head's cross-entropy; the other SD losses are added to it."""
+        return not self.sd_loss.replaces_task_loss
+
     # Task hooks -----------------------------------------------------------
     def sd_forward(self, inputs: Tensor) -> Tuple[Tensor, object]:
         """Run the network; return logits and whatever the task losses need."""
@@ -167,7 +173,8 @@ class SelfDistillMixin:
             inputs = torch.cat([inputs, prev[0]])
             data_samples = list(data_samples) + prev[1]
         logits, extra = self.sd_forward(inputs)
-        losses = self.sd_task_losses(logits, extra, data_samples, True)
+        losses = self.sd_task_losses(logits, extra, data_samples,
+                                     self._keeps_task_ce)
         if prev is not None:
             labels = self.sd_labels(data_samples[num_new:])
             losses[self.sd_loss.loss_name] = self.sd_loss(
@@ -190,7 +197,8 @@ class SelfDistillMixin:
                 "dict(type='SelfDistillHook') to custom_hooks (or call "
                 'set_sd_teacher() when using the model without a runner).')
         logits, extra = self.sd_forward(inputs)
-        losses = self.sd_task_losses(logits, extra, data_samples, False)
+        losses = self.sd_task_losses(logits, extra, data_samples,
+                                     self._keeps_task_ce)
         with torch.no_grad():
             teacher_logits, _ = teacher.sd_forward(inputs)
         losses[self.sd_loss.loss_name] = self.sd_loss(
@@ -203,7 +211,8 @@ class SelfDistillMixin:
     def _xcorr_loss(self, inputs: Tensor,
                     data_samples: List) -> Dict[str, Tensor]:
         logits, extra = self.sd_forward(inputs)
-        losses = self.sd_task_losses(logits, extra, data_samples, True)
+        losses = self.sd_task_losses(logits, extra, data_samples,
+                                     self._keeps_task_ce)
         teacher = self.sd_teacher
         if teacher is None:  # nothing pruned yet: the network is its teacher
             losses[self.sd_loss.loss_name] = logits.sum() * 0
@@ -224,7 +233,8 @@ class SelfDistillMixin:
         anchors, partners = data_samples[0::2], data_samples[1::2]
         # Strided views would send convolutions down a slow path.
         logits, extra = self.sd_forward(inputs[0::2].contiguous())
-        losses = self.sd_task_losses(logits, extra, anchors, True)
+        losses = self.sd_task_losses(logits, extra, anchors,
+                                     self._keeps_task_ce)
         with torch.no_grad():
             partner_logits, _ = self.sd_forward(inputs[1::2].contiguous())
         losses[self.sd_loss.loss_name] = self.sd_loss(

@@ -1,7 +1,8 @@
 """Prune the network before training starts (EPSD and its baselines)."""
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from contextlib import contextmanager, nullcontext
+from typing import (Callable, Dict, Iterator, List, Optional, Sequence,
+                    Union)
 
-import torch
 from mmengine import dist
 from mmengine.utils import ProgressBar
 from torch import Tensor, nn
@@ -163,12 +164,9 @@ class EarlyPruningHook(BaseMaskHook):
             self.sparsity,
             scope=self.selection,
             min_density=self.min_density)
-        if dist.get_world_size() > 1:
-            # Ties or per-rank randomness must not split the ranks' masks.
-            for name, mask in masks.items():
-                synced = mask.to(torch.uint8)
-                dist.broadcast(synced, src=0)
-                masks[name] = synced.to(mask.dtype)
+        # Ties or per-rank randomness must not split the ranks' masks.
+        for mask in masks.values():
+            dist.broadcast(mask, src=0)  # no-op when not distributed
         apply_masks(model, masks)
 
     def _warn_zero_scores(self, runner, scores: Dict[str, Tensor]) -> None:
@@ -229,34 +227,26 @@ class EarlyPruningHook(BaseMaskHook):
         return loss_fn
 
 
-class _scoring_state:
+@contextmanager
+def _scoring_state(model: nn.Module, loss: str) -> Iterator[None]:
     """Put a self-distilling model in its scoring state and restore it.
 
     ``loss='task'`` switches the SD term off. PS-KD gets the network at the
     start of scoring as teacher and its final strength (progress 1). DLB's
     previous batch is cleared before and after, so training starts clean.
     """
-
-    def __init__(self, model: nn.Module, loss: str) -> None:
-        self.model = model
-        self.loss = loss
-        self.is_sd = hasattr(model, 'sd_enabled')
-
-    def __enter__(self) -> None:
-        if not self.is_sd:
-            return
-        model = self.model
-        self.saved = (model.sd_enabled, model.sd_progress, model.sd_teacher)
-        model.sd_enabled = model.sd_enabled and self.loss == 'sd'
-        model.reset_sd_state()
+    if not hasattr(model, 'sd_enabled'):  # a plain MMEngine model
+        yield
+        return
+    progress, teacher = model.sd_progress, model.sd_teacher
+    model.reset_sd_state()
+    with (model.sd_disabled() if loss == 'task' else nullcontext()):
         if model.sd_enabled and model.sd_method == 'pskd':
             model.sd_progress = 1.0
             model.set_sd_teacher(model.sd_snapshot())
-
-    def __exit__(self, *exc) -> None:
-        if not self.is_sd:
-            return
-        model = self.model
-        model.sd_enabled, model.sd_progress, teacher = self.saved
-        model.set_sd_teacher(teacher)
-        model.reset_sd_state()
+        try:
+            yield
+        finally:
+            model.sd_progress = progress
+            model.set_sd_teacher(teacher)
+            model.reset_sd_state()

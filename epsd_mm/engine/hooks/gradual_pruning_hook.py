@@ -4,8 +4,8 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (apply_masks, get_masks, magnitude_scores,
-                             prunable_parameters, select_masks)
+from epsd_mm.pruning import (apply_masks, magnitude_scores, overall_sparsity,
+                             prunable_parameters, select_masks, sparsity_stats)
 from epsd_mm.pruning.functional import call_with_tensors
 from epsd_mm.registry import HOOKS
 from .mask_hook import BaseMaskHook, unwrap_model
@@ -130,12 +130,13 @@ class GradualPruningHook(BaseMaskHook):
             return
         target = self.sparsity_at(it, runner.max_iters)
         model = unwrap_model(runner.model)
-        masks = get_masks(model)
-        params = prunable_parameters(model, self.scopes)
-        current = (sum(int((~m).sum()) for m in masks.values()) /
-                   sum(p.numel() for p in params.values()))
+        # Every prunable weight is masked from the first step on (global or
+        # layer-wise selection masks them all), so the masked weights' zeros
+        # are the sparsity so far.
+        current = overall_sparsity(sparsity_stats(model))
         if target <= current + 1e-9:
             return
+        params = prunable_parameters(model, self.scopes)
         new_masks = select_masks(
             magnitude_scores(params),
             target,
