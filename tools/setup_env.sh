@@ -49,7 +49,8 @@ echo "[setup_env] installing pinned requirements and epsd_mm (editable)"
 "${PIP[@]}" install --find-links "$wheel_dir" --no-build-isolation -r "$REQ"
 "${PIP[@]}" install --no-build-isolation --no-deps -e "$ROOT"
 "$PY" - <<'PYCHECK'
-import mmseg.models, mmdet.models  # noqa: F401
+import mmseg.models, mmdet.models, mmpretrain.models  # noqa: F401
+import torch_pruning, onnxruntime  # noqa: F401
 from mmcv.ops import roi_align  # noqa: F401
 import epsd_mm  # noqa: F401
 print('[setup_env] OpenMMLab stack with mmcv ops imports fine')

@@ -1,0 +1,11 @@
+"""Benchmark sections of ``tools/benchmark.py``, one module each.
+
+A section module defines ``SECTION`` (its name on the command line),
+``run(args) -> list[tuple[str, list[str]]]`` returning ``(title, markdown
+lines)`` per table, and optionally ``add_arguments(parser)`` for its own
+options. Register it in :data:`SECTIONS`.
+"""
+from . import quality, scoring, step
+
+#: Section name -> module, in the order ``--sections all`` runs them.
+SECTIONS = {module.SECTION: module for module in (scoring, step, quality)}
