@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..params import Scopes, prunable_parameters
 from .gradient import grasp_scores, snip_scores
-from .prospr import prospr_scores
+from .prospr import prospr_meta_gradients, prospr_scores
 from .simple import magnitude_scores, random_scores
 from .synflow import synflow_scores
 
@@ -82,5 +82,6 @@ def compute_scores(model: nn.Module,
 
 __all__ = [
     'SCORERS', 'compute_scores', 'grasp_scores', 'magnitude_scores',
-    'prospr_scores', 'random_scores', 'snip_scores', 'synflow_scores'
+    'prospr_meta_gradients', 'prospr_scores', 'random_scores', 'snip_scores',
+    'synflow_scores'
 ]
