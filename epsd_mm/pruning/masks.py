@@ -1,19 +1,26 @@
 """Apply keep-masks to a model and keep pruned weights at exactly zero.
 
 A mask lives on the module owning the weight, as a persistent bool buffer
-named ``<param>_mask`` (``weight_mask`` for ``weight``), so it is part of
-``state_dict()`` and of every checkpoint. Bool was chosen over the weight's
-dtype because it is exact under any dtype conversion (``model.half()`` and
-AMP leave bool buffers alone), takes a quarter of the memory of float32, and
-multiplies into float tensors directly (``weight * mask``).
+named ``<param>_epsd_mask`` (``weight_epsd_mask`` for ``weight``), so it is
+part of ``state_dict()`` and of every checkpoint. The name is our own:
+``torch.nn.utils.prune`` uses ``weight_mask`` (next to ``weight_orig``), and
+checkpoints of epsd_mm < 0.2 did too; :func:`rename_legacy_mask_keys`
+upgrades those. Bool was chosen over the weight's dtype because it is exact
+under any dtype conversion (``model.half()`` and AMP leave bool buffers
+alone) and takes a quarter of the memory of float32.
 
-Two mechanisms keep pruned weights at zero during training:
+Pruned entries are *set* to zero (``masked_fill``), never multiplied by the
+mask: ``NaN * 0`` is NaN, so a multiplication would carry a corrupted value
+into the "pruned" model. Two mechanisms keep them at zero during training:
 
-* a gradient hook on the weight multiplies incoming gradients by the mask
-  (before they are accumulated or all-reduced by DDP);
+* a gradient hook on the weight zeroes incoming gradients at pruned
+  positions (before they are accumulated or all-reduced by DDP);
 * :func:`register_mask_enforcement` re-applies the masks after every
   optimizer step, which momentum, weight decay and Adam-style updates would
   otherwise use to revive pruned weights.
+
+:func:`check_masked_state_dict` verifies a (loaded) state dict before it
+reaches a model: finite tensors, and exact zeros wherever a mask is False.
 """
 from typing import Dict, Iterable, Iterator, List, Mapping, Tuple
 
@@ -23,14 +30,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils.hooks import RemovableHandle
 
-#: Suffix of a mask buffer's name: ``weight`` is masked by ``weight_mask``.
-MASK_SUFFIX = '_mask'
+#: Suffix of a mask buffer's name: ``weight`` is masked by
+#: ``weight_epsd_mask``.
+MASK_SUFFIX = '_epsd_mask'
+#: Suffix used by epsd_mm < 0.2 (and by ``torch.nn.utils.prune``).
+LEGACY_MASK_SUFFIX = '_mask'
 # Module attribute holding {param local name: gradient hook handle}.
 _HOOKS_ATTR = '_epsd_mask_hooks'
 
 
 class _MaskGradient:
-    """Tensor hook multiplying a gradient by the module's current mask.
+    """Tensor hook zeroing a gradient where the module's mask is False.
 
     The mask is looked up at call time, so it follows ``module.to(...)`` and
     in-place updates such as ``load_state_dict``.
@@ -41,7 +51,7 @@ class _MaskGradient:
         self.mask_name = mask_name
 
     def __call__(self, grad: Tensor) -> Tensor:
-        return grad * getattr(self.module, self.mask_name)
+        return grad.masked_fill(~getattr(self.module, self.mask_name), 0)
 
 
 def _split(param_name: str) -> Tuple[str, str]:
@@ -83,7 +93,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
 
     For every ``name -> mask`` the owning module gets a bool buffer
     ``<param>_mask``, the pruned entries of the weight are set to zero in
-    place and a gradient hook zeroes their gradients (only for weights with
+    place (set, not multiplied) and a gradient hook zeroes their gradients (only for weights with
     ``requires_grad``). Applying masks again replaces the earlier ones
     without stacking hooks. Pair it with :func:`register_mask_enforcement`
     to keep pruned weights at zero through optimizer steps.
@@ -135,7 +145,7 @@ def masked_param_names(state_dict: Mapping[str, Tensor]) -> List[str]:
             ``'state_dict'``.
 
     Returns:
-        list[str]: Every ``key`` for which ``key + '_mask'`` is present.
+        list[str]: Every ``key`` for which ``key + MASK_SUFFIX`` is present.
     """
     return [
         key[:-len(MASK_SUFFIX)] for key in state_dict
@@ -176,7 +186,76 @@ def enforce_masks(model: nn.Module) -> None:
         model (nn.Module): The model.
     """
     for _, param, mask in _masked(model):
-        param.mul_(mask)
+        param.masked_fill_(~mask, 0)
+
+
+def rename_legacy_mask_keys(state_dict: Dict[str, Tensor]) -> List[str]:
+    """Rename the mask keys of an epsd_mm < 0.2 state dict, in place.
+
+    Older checkpoints named the mask of ``<param>`` ``<param>_mask``. A key
+    is taken for such a mask only when ``<param>`` is in the state dict too
+    and ``<param>_orig`` is not (``torch.nn.utils.prune`` stores the
+    original weight as ``<param>_orig`` and its own ``<param>_mask``).
+
+    Args:
+        state_dict (dict[str, Tensor]): E.g. ``checkpoint['state_dict']``.
+
+    Returns:
+        list[str]: The parameter names whose masks were renamed.
+    """
+    renamed = []
+    for key in list(state_dict):
+        if key.endswith(MASK_SUFFIX) or not key.endswith(LEGACY_MASK_SUFFIX):
+            continue
+        param = key[:-len(LEGACY_MASK_SUFFIX)]
+        if (param in state_dict and param + '_orig' not in state_dict
+                and param + MASK_SUFFIX not in state_dict):
+            state_dict[param + MASK_SUFFIX] = state_dict.pop(key)
+            renamed.append(param)
+    return renamed
+
+
+def check_masked_state_dict(state_dict: Mapping[str, Tensor],
+                            source: str = 'the checkpoint') -> None:
+    """Refuse a state dict whose tensors cannot be a trained pruned model.
+
+    Every floating-point tensor must be finite, and every masked weight must
+    be exactly zero wherever its mask is False (pruned weights are zero
+    after every optimizer step, so a non-zero value there means the file was
+    corrupted or edited). Run it before loading, so a corrupted checkpoint
+    never reaches the model nor gets evaluated or trained further.
+
+    Args:
+        state_dict (Mapping[str, Tensor]): E.g. ``checkpoint['state_dict']``.
+        source (str): How to name the state dict in errors.
+            Defaults to ``'the checkpoint'``.
+
+    Raises:
+        ValueError: Naming the first offending tensor.
+    """
+    for key, value in state_dict.items():
+        if (isinstance(value, Tensor) and value.is_floating_point()
+                and not torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(
+                f'{source}: tensor {key!r} holds {bad} NaN/inf value(s) of '
+                f'{value.numel()}. The file is corrupted or training '
+                'diverged before it was saved; use an earlier checkpoint '
+                '(and a lower learning rate if training diverged).')
+    for name in masked_param_names(state_dict):
+        weight, mask = state_dict[name], state_dict[name + MASK_SUFFIX]
+        if mask.shape != weight.shape:
+            raise ValueError(
+                f'{source}: mask {name + MASK_SUFFIX!r} has shape '
+                f'{tuple(mask.shape)} but {name!r} has {tuple(weight.shape)}'
+                '. The file is corrupted or was edited by hand.')
+        revived = int((weight[~mask.bool()] != 0).sum())
+        if revived:
+            raise ValueError(
+                f'{source}: {name!r} has {revived} non-zero value(s) where '
+                f'its mask {name + MASK_SUFFIX!r} is 0 (pruned positions are '
+                'exactly zero in every checkpoint epsd_mm writes). The file '
+                'is corrupted or was edited; use an earlier checkpoint.')
 
 
 def register_mask_enforcement(optimizer: Optimizer,

@@ -1,13 +1,24 @@
 """Which parameters of a model can be pruned."""
 import fnmatch
-from typing import Dict, Sequence, Tuple, Union
+from typing import Dict, Iterator, Mapping, Sequence, Tuple, Union
 
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-#: Module types whose ``weight`` is prunable (subclasses count, e.g. mmcv's
-#: ``Conv2d`` wrappers). ``_ConvNd`` covers 1d/2d/3d and transposed convs.
-PRUNABLE_TYPES: Tuple[type, ...] = (_ConvNd, nn.Linear)
+#: Module types (subclasses count, e.g. mmcv's ``Conv2d`` wrappers) and the
+#: names of their parameters that are weight matrices doing the work of a
+#: linear map. ``nn.MultiheadAttention`` keeps its Q/K/V projection as bare
+#: parameters (``in_proj_weight``, or ``q/k/v_proj_weight`` when the key and
+#: value sizes differ) and passes them to the functional attention directly;
+#: its ``out_proj`` is a ``Linear`` and counts through that entry. Masks act
+#: on the parameters themselves, so they hold whether or not the module's
+#: forward calls ``Linear.forward``.
+PRUNABLE_WEIGHTS: Mapping[type, Tuple[str, ...]] = {
+    _ConvNd: ('weight', ),
+    nn.Linear: ('weight', ),
+    nn.MultiheadAttention: ('in_proj_weight', 'q_proj_weight',
+                            'k_proj_weight', 'v_proj_weight'),
+}
 
 Scopes = Union[str, Sequence[str]]
 
@@ -47,21 +58,35 @@ def scope_matches(module_name: str, scope: str) -> bool:
             or fnmatch.fnmatchcase(module_name, scope))
 
 
+def _weight_matrices(
+        module: nn.Module) -> Iterator[Tuple[str, nn.Parameter]]:
+    """``(local name, parameter)`` of the prunable weights of one module."""
+    for module_type, names in PRUNABLE_WEIGHTS.items():
+        if isinstance(module, module_type):
+            for local in names:
+                param = module._parameters.get(local)
+                if param is not None:
+                    yield local, param
+
+
 def prunable_parameters(model: nn.Module,
                         scopes: Scopes = ('backbone', )
                         ) -> Dict[str, nn.Parameter]:
     """Collect the prunable weights of a model.
 
-    Prunable are the ``weight`` parameters of :data:`PRUNABLE_TYPES` modules
-    (``Conv*d``, ``ConvTranspose*d``, ``Linear`` and their subclasses) whose
-    qualified name lies inside one of ``scopes`` (see :func:`scope_matches`).
-    Biases and normalisation layers are never prunable. Frozen weights
+    Prunable are the weight matrices of :data:`PRUNABLE_WEIGHTS` modules
+    (``Conv*d``, ``ConvTranspose*d``, ``Linear``, the Q/K/V projections of
+    ``nn.MultiheadAttention``, and their subclasses) whose module's
+    qualified name lies inside one of ``scopes`` (see
+    :func:`scope_matches`). Biases, normalisation layers, embeddings and
+    position tables are never prunable. Frozen weights
     (``requires_grad=False``) are included: pruning zeroes them too.
 
     Args:
         model (nn.Module): The model.
-        scopes (str | Sequence[str]): Module names or glob patterns.
-            Defaults to ``('backbone',)``.
+        scopes (str | Sequence[str]): Module names or glob patterns; each
+            must contain at least one prunable weight. Defaults to
+            ``('backbone',)``.
 
     Returns:
         dict[str, nn.Parameter]: Full parameter name (as in
@@ -69,24 +94,30 @@ def prunable_parameters(model: nn.Module,
         parameter, in module order.
 
     Raises:
-        ValueError: If no prunable layer lies inside the scopes.
+        ValueError: If a scope contains no prunable weight (a typo would
+            otherwise silently leave part of the intended model dense).
     """
     scopes = normalize_scopes(scopes)
     names: Dict[int, str] = {}
     for name, param in model.named_parameters():
         names.setdefault(id(param), name)
     params: Dict[str, nn.Parameter] = {}
+    used = set()
     for module_name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_TYPES):
+        matched = [s for s in scopes if scope_matches(module_name, s)]
+        if not matched:
             continue
-        if any(scope_matches(module_name, scope) for scope in scopes):
-            params.setdefault(names[id(module.weight)], module.weight)
-    if not params:
+        for _, param in _weight_matrices(module):
+            params.setdefault(names[id(param)], param)
+            used.update(matched)
+    dead = [scope for scope in scopes if scope not in used]
+    if dead:
         children = [name for name, _ in model.named_children()]
         listing = (f"top-level modules are: {', '.join(children)}"
                    if children else 'it has no submodules')
         raise ValueError(
-            f'scope {scopes!r} matches no Conv/Linear layer of '
-            f'{type(model).__name__}; {listing}. Set `scopes` to one of '
-            "them or a glob like 'backbone.layer*'.")
+            f'scope(s) {dead!r} match no Conv/Linear/attention weight of '
+            f'{type(model).__name__}; {listing}. Fix the name (a scope is a '
+            "module name like 'backbone' or a glob like 'backbone.layer*') "
+            'or remove it.')
     return params

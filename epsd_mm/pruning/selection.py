@@ -6,7 +6,7 @@ from typing import Dict, Mapping
 import torch
 from torch import Tensor
 
-_SCOPES = ('global', 'layerwise')
+SELECTIONS = ('global', 'layerwise')
 _ON_COLLAPSE = ('error', 'allow')
 
 
@@ -60,12 +60,12 @@ def _global_masks(scores: Mapping[str, Tensor],
 
 def select_masks(scores: Mapping[str, Tensor],
                  sparsity: float,
-                 scope: str = 'global',
+                 selection: str = 'global',
                  min_density: float = 0.0,
                  on_collapse: str = 'error') -> Dict[str, Tensor]:
     """Keep the highest-scored weights, pruning a fraction ``sparsity``.
 
-    With ``scope='global'`` exactly ``round((1 - sparsity) * N)`` of all
+    With ``selection='global'`` exactly ``round((1 - sparsity) * N)`` of all
     ``N`` scored weights are kept (one top-k over all layers); with
     ``'layerwise'`` every layer keeps ``round((1 - sparsity) * n_l)`` of its
     own ``n_l`` weights. Among equal scores the weight that comes first (in
@@ -84,7 +84,7 @@ def select_masks(scores: Mapping[str, Tensor],
             :func:`~epsd_mm.pruning.compute_scores`.
         sparsity (float): Fraction of scored weights set to zero, in
             ``[0, 1)``.
-        scope (str): ``'global'`` or ``'layerwise'``. Defaults to
+        selection (str): ``'global'`` or ``'layerwise'``. Defaults to
             ``'global'``.
         min_density (float): Per-layer floor of kept weights, in ``[0, 1]``.
             Defaults to 0.0 (no floor).
@@ -101,8 +101,9 @@ def select_masks(scores: Mapping[str, Tensor],
             ``on_collapse='error'``) a collapsed layer.
     """
     check_sparsity(sparsity)
-    if scope not in _SCOPES:
-        raise ValueError(f'scope must be one of {_SCOPES}, got {scope!r}')
+    if selection not in SELECTIONS:
+        raise ValueError(
+            f'selection must be one of {SELECTIONS}, got {selection!r}')
     if on_collapse not in _ON_COLLAPSE:
         raise ValueError(
             f'on_collapse must be one of {_ON_COLLAPSE}, got {on_collapse!r}')
@@ -119,7 +120,7 @@ def select_masks(scores: Mapping[str, Tensor],
             'lr or use fewer num_steps (prospr), or compute in float64 '
             '(synflow).')
 
-    if scope == 'global':
+    if selection == 'global':
         masks = _global_masks(scores, sparsity)
     else:
         masks = {
@@ -139,7 +140,8 @@ def select_masks(scores: Mapping[str, Tensor],
         if collapsed:
             raise ValueError(
                 f'sparsity {sparsity} prunes every weight of '
-                f"{len(collapsed)} layer(s): {', '.join(collapsed)}. Lower "
-                "the sparsity, use scope='layerwise', or keep a floor per "
-                'layer with min_density (e.g. min_density=0.01).')
+                f"{len(collapsed)} layer(s): {', '.join(collapsed)}. Keep a "
+                'floor per layer with min_density (e.g. min_density=0.01), '
+                "use selection='layerwise' (every layer keeps the same "
+                'fraction), or lower the sparsity.')
     return masks

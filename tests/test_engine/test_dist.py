@@ -87,7 +87,7 @@ def test_dist_train_sh_smoke(tiny_cfg, tmp_path, helpers):
     assert proc.returncode == 0, _failure(proc)
     ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'))
     masks = {k: v for k, v in ckpt['state_dict'].items()
-             if k.endswith('.weight_mask')}
+             if k.endswith('.weight_epsd_mask')}
     assert len(masks) == 22
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == round(0.1 * sum(m.numel() for m in masks.values()))

@@ -96,7 +96,7 @@ def test_prunes_before_train_sgd_momentum_weight_decay(tiny_cfg, tmp_path,
     # masks are persistent buffers: they are in the checkpoint
     ckpt = torch.load(osp.join(tmp_path, 'iter_3.pth'))
     for name, mask in masks.items():
-        assert torch.equal(ckpt['state_dict'][name + '_mask'], mask)
+        assert torch.equal(ckpt['state_dict'][name + '_epsd_mask'], mask)
         assert torch.equal(ckpt['state_dict'][name][~mask],
                            torch.zeros(int((~mask).sum())))
     log = helpers.read_logs(str(tmp_path))
@@ -231,7 +231,7 @@ def test_prunes_the_loaded_weights(tiny_cfg, tmp_path):
     assert get_masks(dense) == {}
     ckpt_path = str(tmp_path / 'dense' / 'iter_1.pth')
     loaded = torch.load(ckpt_path)['state_dict']
-    assert not any(k.endswith('_mask') for k in loaded)
+    assert not any(k.endswith('_epsd_mask') for k in loaded)
 
     cfg = tiny_cfg({
         'default_hooks.pruning.criterion': 'magnitude',
@@ -262,9 +262,9 @@ def pruned_run(tmp_path_factory, voc_root, helpers):
     runner = _train(cfg)
     ckpt = osp.join(work_dir, 'iter_2.pth')
     saved = {
-        k[:-len('_mask')]: v
+        k[:-len('_epsd_mask')]: v
         for k, v in torch.load(ckpt)['state_dict'].items()
-        if k.endswith('.weight_mask')
+        if k.endswith('.weight_epsd_mask')
     }
     assert len(saved) == NUM_BACKBONE_CONVS
     return dict(
@@ -310,7 +310,7 @@ def test_resume_restores_masks_without_rescoring(pruned_run, tiny_cfg,
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
     final = torch.load(osp.join(work_dir, 'iter_4.pth'))['state_dict']
     for name, mask in pruned_run['masks'].items():
-        assert torch.equal(final[name + '_mask'], mask)
+        assert torch.equal(final[name + '_epsd_mask'], mask)
         assert (final[name][~mask] == 0).all()
         # training went on: kept weights moved since iteration 2
     before = torch.load(pruned_run['ckpt'])['state_dict']

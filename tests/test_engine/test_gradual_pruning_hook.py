@@ -116,7 +116,7 @@ def test_resume_keeps_masks_and_cut_values(tiny_cfg, tmp_path):
     model = unwrap_model(resumed.model)
     for name, values in first['pruned_weight_values'].items():
         # values cut before the checkpoint are still the teacher's
-        mask = first['state_dict'][name + '_mask']
+        mask = first['state_dict'][name + '_epsd_mask']
         assert torch.equal(hook.pruned_values[name][~mask], values[~mask])
     assert _sparsity(model) == pytest.approx(0.8, abs=1e-4)
     assert isinstance(model.sd_teacher, UnprunedView)

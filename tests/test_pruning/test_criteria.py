@@ -40,7 +40,7 @@ def test_masks_from_every_criterion_have_exact_sparsity(
     scores = compute_scores(
         seg_model, seg_loss_fn, seg_batches[:2], criterion=criterion,
         **criterion_kwargs(criterion))
-    masks = select_masks(scores, sparsity, scope=scope)
+    masks = select_masks(scores, sparsity, selection=scope)
     apply_masks(seg_model, masks)
     params = prunable_parameters(seg_model)
     zeros = {name: int((w == 0).sum()) for name, w in params.items()}

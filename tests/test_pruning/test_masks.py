@@ -29,12 +29,12 @@ def test_masks_are_bool_buffers_in_state_dict(seg_model):
     apply_masks(seg_model, masks)
     state = seg_model.state_dict()
     for name, mask in masks.items():
-        buffer = state[f'{name}_mask']
+        buffer = state[f'{name}_epsd_mask']
         assert buffer.dtype == torch.bool and torch.equal(buffer, mask)
         weight = state[name]
         assert (weight[~mask] == 0).all()
         assert torch.equal(weight[mask], before[name][mask])
-    assert 'backbone.layer1.0.conv1.weight_mask' in state
+    assert 'backbone.layer1.0.conv1.weight_epsd_mask' in state
     assert get_masks(seg_model).keys() == masks.keys()
 
 
@@ -135,7 +135,7 @@ def test_checkpoint_round_trip_into_fresh_model(make_seg_model,
     state = model.state_dict()
 
     fresh = make_seg_model(seed=1)
-    with pytest.raises(RuntimeError, match='weight_mask'):
+    with pytest.raises(RuntimeError, match='weight_epsd_mask'):
         fresh.load_state_dict(state)
     names = masked_param_names(state)
     assert sorted(names) == sorted(masks)
@@ -154,7 +154,7 @@ def test_remove_masks_drops_buffers_and_hooks(seg_model, seg_batches):
     apply_masks(seg_model, masks)
     remove_masks(seg_model)
     assert get_masks(seg_model) == {}
-    assert not any(k.endswith('_mask') for k in seg_model.state_dict())
+    assert not any(k.endswith('_epsd_mask') for k in seg_model.state_dict())
     backward(seg_model, seg_batches[0])
     for name, param in prunable_parameters(seg_model).items():
         assert (param.detach()[~masks[name]] == 0).all()  # weights kept

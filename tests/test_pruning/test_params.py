@@ -71,9 +71,32 @@ def test_scope_matching_nothing_names_scope_and_children(det_model):
     with pytest.raises(ValueError) as info:
         prunable_parameters(det_model, scopes=('decode_head', ))
     message = str(info.value)
-    assert "('decode_head',)" in message
+    assert "['decode_head']" in message
     assert 'TinyDetNet' in message
     assert 'backbone, neck, bbox_head' in message
+
+
+def test_dead_scope_next_to_live_ones_is_named(det_model):
+    # a typo must not silently leave the intended part dense
+    with pytest.raises(ValueError) as info:
+        prunable_parameters(det_model, scopes=('backbone', 'bbox_hed'))
+    assert "['bbox_hed']" in str(info.value)
+    assert "'backbone'" not in str(info.value).split(';')[0]
+
+
+def test_attention_projections_are_prunable():
+    """nn.MultiheadAttention's Q/K/V projection is a bare parameter (not a
+    Linear); it is a weight matrix and prunable, next to out_proj."""
+    model = nn.Module()
+    model.backbone = nn.Sequential(
+        nn.MultiheadAttention(8, 2),
+        nn.MultiheadAttention(8, 2, kdim=4, vdim=6))
+    names = list(prunable_parameters(model))
+    assert names == [
+        'backbone.0.in_proj_weight', 'backbone.0.out_proj.weight',
+        'backbone.1.q_proj_weight', 'backbone.1.k_proj_weight',
+        'backbone.1.v_proj_weight', 'backbone.1.out_proj.weight'
+    ]
 
 
 def test_empty_scopes_rejected(det_model):

@@ -38,7 +38,7 @@ def test_global_exact_count_and_keeps_highest(sparsity):
 @pytest.mark.parametrize('sparsity', [0.25, 0.5, 0.8])
 def test_layerwise_keeps_same_fraction_per_layer(sparsity):
     scores = random_scores()
-    masks = select_masks(scores, sparsity, scope='layerwise')
+    masks = select_masks(scores, sparsity, selection='layerwise')
     for name, m in masks.items():
         n = m.numel()
         assert int(m.sum()) == round((1 - sparsity) * n)
@@ -50,7 +50,7 @@ def test_ties_broken_by_position():
     masks = select_masks(scores, 0.75, on_collapse='allow')
     assert masks['a'].tolist() == [True, True, False, False]
     assert not masks['b'].any()
-    masks = select_masks(scores, 0.5, scope='layerwise')
+    masks = select_masks(scores, 0.5, selection='layerwise')
     assert masks['a'].tolist() == masks['b'].tolist() == [
         True, True, False, False
     ]
@@ -73,8 +73,8 @@ def test_invalid_sparsity(sparsity):
 
 
 def test_invalid_options():
-    with pytest.raises(ValueError, match='scope'):
-        select_masks(random_scores(), 0.5, scope='per_layer')
+    with pytest.raises(ValueError, match='selection'):
+        select_masks(random_scores(), 0.5, selection='per_layer')
     with pytest.raises(ValueError, match='on_collapse'):
         select_masks(random_scores(), 0.5, on_collapse='ignore')
     with pytest.raises(ValueError, match='min_density'):
@@ -130,5 +130,5 @@ def test_min_density_keeps_a_floor_per_layer(min_density):
 
 
 def test_layerwise_ignores_the_scale_of_other_layers():
-    masks = select_masks(collapsing_scores(), 0.99, scope='layerwise')
+    masks = select_masks(collapsing_scores(), 0.99, selection='layerwise')
     assert [int(m.sum()) for m in masks.values()] == [2, 12, 2]

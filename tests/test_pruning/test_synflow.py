@@ -34,7 +34,7 @@ def test_iterative_rounds_give_exact_sparsity_and_restore_modes(
     total = sum(w.numel() for w in params.values())
     with assert_unchanged(seg_model):
         scores = synflow_scores(
-            seg_model, params, INPUT, sparsity=0.9, rounds=3)
+            seg_model, params, input_shape=INPUT, sparsity=0.9, rounds=3)
     masks = select_masks(scores, 0.9)
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == round(0.1 * total)
@@ -46,14 +46,15 @@ def test_iterative_rounds_give_exact_sparsity_and_restore_modes(
 def test_iteration_equals_rescoring_the_pruned_network(seg_model):
     params = prunable_parameters(seg_model)
     sparsity = 0.9
-    first = synflow_scores(seg_model, params, INPUT)
+    first = synflow_scores(seg_model, params, input_shape=INPUT)
     pruned = copy.deepcopy(seg_model)
     apply_masks(pruned, select_masks(first, 1 - (1 - sparsity)**0.5))
-    second = synflow_scores(pruned, prunable_parameters(pruned), INPUT)
+    second = synflow_scores(
+        pruned, prunable_parameters(pruned), input_shape=INPUT)
     expected = select_masks(second, sparsity, on_collapse='allow')
 
     iterative = synflow_scores(
-        seg_model, params, INPUT, sparsity=sparsity, rounds=2)
+        seg_model, params, input_shape=INPUT, sparsity=sparsity, rounds=2)
     got = select_masks(iterative, sparsity, on_collapse='allow')
     assert all(torch.equal(got[n], expected[n]) for n in params)
     one_shot = select_masks(first, sparsity, on_collapse='allow')
@@ -64,8 +65,12 @@ def test_branch_pruned_in_an_earlier_round_is_reported_as_collapsed(
         seg_model):
     # SynFlow may prune a whole residual branch (the skip carries the flow);
     # intermediate rounds allow it, the final selection reports it
-    scores = synflow_scores(seg_model, prunable_parameters(seg_model), INPUT,
-                            sparsity=0.95, rounds=5)
+    scores = synflow_scores(
+        seg_model,
+        prunable_parameters(seg_model),
+        input_shape=INPUT,
+        sparsity=0.95,
+        rounds=5)
     with pytest.raises(ValueError, match='backbone.layer4'):
         select_masks(scores, 0.95)
     floored = select_masks(scores, 0.95, min_density=0.01)
@@ -96,9 +101,9 @@ def test_float64_avoids_overflow_of_deep_networks():
 def test_invalid_arguments(seg_model):
     params = prunable_parameters(seg_model)
     with pytest.raises(ValueError, match='rounds'):
-        synflow_scores(seg_model, params, INPUT, rounds=0)
+        synflow_scores(seg_model, params, input_shape=INPUT, rounds=0)
     with pytest.raises(ValueError, match='sparsity'):
-        synflow_scores(seg_model, params, INPUT, rounds=2)
+        synflow_scores(seg_model, params, input_shape=INPUT, rounds=2)
     with pytest.raises(TypeError, match='forward_fn'):
-        synflow_scores(seg_model, params, INPUT,
+        synflow_scores(seg_model, params, input_shape=INPUT,
                        forward_fn=lambda model, x: 'not a tensor')

@@ -58,7 +58,7 @@ def test_train_tool(trained):
     _, work_dir, stdout = trained
     ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'))
     masks = [v for k, v in ckpt['state_dict'].items()
-             if k.endswith('.weight_mask')]
+             if k.endswith('.weight_epsd_mask')]
     assert len(masks) == 22
     total = sum(m.numel() for m in masks)
     assert sum(int(m.sum()) for m in masks) == round(0.2 * total)
@@ -117,7 +117,7 @@ def test_train_tool_resume(trained, helpers, tmp_path):
     before = torch.load(osp.join(work_dir, 'iter_2.pth'))['state_dict']
     after = torch.load(osp.join(work_dir, 'iter_3.pth'))['state_dict']
     for key in before:
-        if key.endswith('.weight_mask'):
+        if key.endswith('.weight_epsd_mask'):
             assert torch.equal(before[key], after[key])
 
 

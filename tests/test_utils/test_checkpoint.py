@@ -78,7 +78,7 @@ def test_checkpoint_loads_with_default_torch_load(trained):
     assert isinstance(losses, np.ndarray) and losses.shape == (2, )
     assert np.isfinite(losses).all()
     # masks of the pruned backbone travel in the state dict
-    masks = [k for k in ckpt['state_dict'] if k.endswith('.weight_mask')]
+    masks = [k for k in ckpt['state_dict'] if k.endswith('.weight_epsd_mask')]
     assert masks and all(k.startswith('backbone.') for k in masks)
 
 

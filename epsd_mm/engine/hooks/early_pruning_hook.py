@@ -162,7 +162,7 @@ class EarlyPruningHook(BaseMaskHook):
         masks = select_masks(
             scores,
             self.sparsity,
-            scope=self.selection,
+            selection=self.selection,
             min_density=self.min_density)
         # Ties or per-rank randomness must not split the ranks' masks.
         for mask in masks.values():

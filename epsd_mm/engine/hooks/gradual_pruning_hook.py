@@ -140,7 +140,7 @@ class GradualPruningHook(BaseMaskHook):
         new_masks = select_masks(
             magnitude_scores(params),
             target,
-            scope=self.selection,
+            selection=self.selection,
             min_density=self.min_density)
         with torch.no_grad():
             for name, mask in new_masks.items():

@@ -1,4 +1,14 @@
-"""Scoring criteria and the registry that dispatches to them."""
+"""Scoring criteria and the registry that dispatches to them.
+
+A criterion is a function returning one score tensor per prunable weight
+(higher is kept). What it needs is declared by its own signature: the
+shared arguments it names (``model``, ``loss_fn``, ``batches``, ``params``,
+``forward_fn``, ``sparsity``) are passed by :func:`compute_scores`, required
+ones must be available, and its keyword options carry their own defaults
+(e.g. ProsPr's ``num_steps=3``). So a caller (such as the pruning hook)
+needs no per-criterion knowledge: :func:`criterion_needs_batches` tells it
+whether to draw data.
+"""
 import inspect
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
@@ -11,10 +21,8 @@ from .prospr import prospr_meta_gradients, prospr_scores
 from .simple import magnitude_scores, random_scores
 from .synflow import synflow_scores
 
-#: Criterion name to scoring function. A scoring function takes any of the
-#: arguments ``model``, ``loss_fn``, ``batches``, ``params`` (by these names)
-#: plus its own keyword options and returns one score tensor per weight;
-#: higher scores are kept. Add an entry to register a new criterion.
+#: Criterion name to scoring function. Add an entry to register a new
+#: criterion; its signature declares what it needs (see the module doc).
 SCORERS: Dict[str, Callable[..., Dict[str, Tensor]]] = {
     'prospr': prospr_scores,
     'snip': snip_scores,
@@ -24,7 +32,75 @@ SCORERS: Dict[str, Callable[..., Dict[str, Tensor]]] = {
     'random': random_scores,
 }
 
-_SHARED_ARGS = ('model', 'loss_fn', 'batches', 'params')
+#: Arguments :func:`compute_scores` passes to a scorer that names them.
+SHARED_ARGS = ('model', 'loss_fn', 'batches', 'params', 'forward_fn',
+               'sparsity')
+
+
+def get_scorer(criterion: str) -> Callable[..., Dict[str, Tensor]]:
+    """The scoring function of a criterion, or a fix-it error.
+
+    Args:
+        criterion (str): A key of :data:`SCORERS`.
+
+    Returns:
+        Callable: The scoring function.
+    """
+    if criterion not in SCORERS:
+        raise ValueError(f'unknown pruning criterion {criterion!r}; valid '
+                         f"criteria are: {', '.join(sorted(SCORERS))}")
+    return SCORERS[criterion]
+
+
+def criterion_options(criterion: str) -> Dict[str, Any]:
+    """The keyword options of a criterion and their defaults.
+
+    Args:
+        criterion (str): A key of :data:`SCORERS`.
+
+    Returns:
+        dict[str, Any]: Option name to default (``inspect.Parameter.empty``
+        for options without a default), shared arguments excluded.
+    """
+    params = inspect.signature(get_scorer(criterion)).parameters
+    return {
+        name: p.default
+        for name, p in params.items() if name not in SHARED_ARGS
+    }
+
+
+def criterion_needs_batches(criterion: str) -> Optional[bool]:
+    """Whether a criterion scores on data.
+
+    Args:
+        criterion (str): A key of :data:`SCORERS`.
+
+    Returns:
+        bool | None: True if it requires ``batches``, None if it only
+        accepts them (e.g. SynFlow infers its input shape from one batch),
+        False if it takes none.
+    """
+    params = inspect.signature(get_scorer(criterion)).parameters
+    if 'batches' not in params:
+        return False
+    return True if params['batches'].default is inspect.Parameter.empty \
+        else None
+
+
+def check_criterion_options(criterion: str, options: Mapping[str,
+                                                             Any]) -> None:
+    """Reject options a criterion does not take, naming the valid ones.
+
+    Args:
+        criterion (str): A key of :data:`SCORERS`.
+        options (Mapping[str, Any]): Keyword options for it.
+    """
+    valid = criterion_options(criterion)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f'criterion {criterion!r} takes no option(s) {unknown}; its '
+            f"options are: {', '.join(sorted(valid)) or 'none'}")
 
 
 def compute_scores(model: nn.Module,
@@ -34,12 +110,15 @@ def compute_scores(model: nn.Module,
                    criterion: str = 'prospr',
                    params: Optional[Mapping[str, Tensor]] = None,
                    scopes: Scopes = ('backbone', ),
+                   forward_fn: Optional[Callable[[nn.Module, Tensor],
+                                                 Any]] = None,
+                   sparsity: Optional[float] = None,
                    **criterion_kwargs: Any) -> Dict[str, Tensor]:
     """Score every prunable weight of ``model`` with a criterion.
 
-    Higher scores are kept by :func:`~epsd_mm.pruning.select_masks`.
-    Criteria that need no data (``synflow``, ``magnitude``, ``random``)
-    ignore ``loss_fn`` and ``batches``. The model is left unchanged.
+    Higher scores are kept by :func:`~epsd_mm.pruning.select_masks`. Each
+    criterion receives the shared arguments its signature names; the model
+    is left unchanged.
 
     Args:
         model (nn.Module): The model.
@@ -53,6 +132,13 @@ def compute_scores(model: nn.Module,
             Defaults to None (``prunable_parameters(model, scopes)``).
         scopes (str | Sequence[str]): Used when ``params`` is None.
             Defaults to ``('backbone',)``.
+        forward_fn (Callable, optional): ``forward_fn(model, x)`` running
+            the network on a plain input tensor, for data-free criteria
+            (e.g. ``lambda m, x: m(x, mode='tensor')`` for mm models).
+            Defaults to None (``model(x)``).
+        sparsity (float, optional): The target sparsity, for criteria that
+            schedule intermediate masks (iterative SynFlow). Defaults to
+            None.
         **criterion_kwargs: Options of the criterion, e.g. ``num_steps``
             for ``'prospr'`` or ``input_shape`` for ``'synflow'``.
 
@@ -60,28 +146,33 @@ def compute_scores(model: nn.Module,
         dict[str, Tensor]: Detached score tensor per weight name, shaped
         like the weight.
     """
-    if criterion not in SCORERS:
-        raise ValueError(f'unknown pruning criterion {criterion!r}; valid '
-                         f"criteria are: {', '.join(sorted(SCORERS))}")
-    scorer = SCORERS[criterion]
+    scorer = get_scorer(criterion)
+    check_criterion_options(criterion, criterion_kwargs)
     if params is None:
         params = prunable_parameters(model, scopes)
     available = dict(
-        model=model, loss_fn=loss_fn, batches=batches, params=params)
-    wanted = inspect.signature(scorer).parameters
+        model=model,
+        loss_fn=loss_fn,
+        batches=batches,
+        params=params,
+        forward_fn=forward_fn,
+        sparsity=sparsity)
     args = {}
-    for name in _SHARED_ARGS:
-        if name in wanted:
-            if available[name] is None:
-                raise ValueError(
-                    f'criterion {criterion!r} needs `{name}`, got None')
+    for name, param in inspect.signature(scorer).parameters.items():
+        if name not in SHARED_ARGS:
+            continue
+        if available[name] is not None:
             args[name] = available[name]
+        elif param.default is inspect.Parameter.empty:
+            raise ValueError(
+                f'criterion {criterion!r} needs `{name}`, got None')
     scores = scorer(**args, **criterion_kwargs)
     return {name: score.detach() for name, score in scores.items()}
 
 
 __all__ = [
-    'SCORERS', 'compute_scores', 'grasp_scores', 'magnitude_scores',
-    'prospr_meta_gradients', 'prospr_scores', 'random_scores', 'snip_scores',
-    'synflow_scores'
+    'SCORERS', 'SHARED_ARGS', 'check_criterion_options', 'compute_scores',
+    'criterion_needs_batches', 'criterion_options', 'get_scorer',
+    'grasp_scores', 'magnitude_scores', 'prospr_meta_gradients',
+    'prospr_scores', 'random_scores', 'snip_scores', 'synflow_scores'
 ]

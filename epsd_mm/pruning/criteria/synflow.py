@@ -1,6 +1,7 @@
 """SynFlow: data-free, iterative synaptic-flow scores."""
 from itertools import chain
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterable, Mapping, Optional,
+                    Sequence, Tuple)
 
 import torch
 import torch.nn as nn
@@ -24,9 +25,32 @@ def _sum_outputs(out: Any) -> Tensor:
                     f'list/tuple of tensors, got {type(out).__name__}')
 
 
+def _input_shape(batches: Optional[Iterable[Any]]) -> Tuple[int, ...]:
+    """Shape of one sample of the first batch, with batch size 1.
+
+    The sample tensor is the batch itself, its ``'inputs'`` entry (MMEngine
+    models) or its first element (``(inputs, targets)`` tuples).
+    """
+    for batch in batches or ():
+        x = batch
+        if isinstance(x, Mapping):
+            x = x.get('inputs')
+        elif isinstance(x, (list, tuple)) and x:
+            x = x[0]
+        if isinstance(x, Tensor) and x.dim() >= 1:
+            return (1, ) + tuple(x.shape[1:])
+        break
+    raise ValueError(
+        'synflow runs the network on an all-ones input and needs its shape: '
+        'pass input_shape=(1, C, H, W), or batches whose first element is '
+        "a tensor, a dict with an 'inputs' tensor or an (inputs, ...) "
+        'tuple to take it from')
+
+
 def synflow_scores(model: nn.Module,
                    params: Mapping[str, Tensor],
-                   input_shape: Sequence[int],
+                   batches: Optional[Iterable[Any]] = None,
+                   input_shape: Optional[Sequence[int]] = None,
                    forward_fn: Optional[Callable[[nn.Module, Tensor],
                                                  Any]] = None,
                    sparsity: Optional[float] = None,
@@ -56,8 +80,11 @@ def synflow_scores(model: nn.Module,
     Args:
         model (nn.Module): The model.
         params (Mapping[str, Tensor]): Prunable weights by name.
-        input_shape (Sequence[int]): Shape of the all-ones input, e.g.
-            ``(1, 3, 64, 64)``.
+        batches (Iterable, optional): Only used to infer ``input_shape``
+            from the first batch when it is not given (one sample of it).
+            Defaults to None.
+        input_shape (Sequence[int], optional): Shape of the all-ones input,
+            e.g. ``(1, 3, 64, 64)``. Defaults to None (from ``batches``).
         forward_fn (Callable, optional): ``forward_fn(model, x)`` returning a
             tensor or a (nested) list/tuple of tensors, e.g.
             ``lambda m, x: m.backbone(x)`` for an mm model whose ``forward``
@@ -76,6 +103,8 @@ def synflow_scores(model: nn.Module,
     if rounds > 1 and sparsity is None:
         raise ValueError('iterative SynFlow (rounds > 1) needs the target '
                          '`sparsity` to schedule the intermediate masks')
+    if input_shape is None:
+        input_shape = _input_shape(batches)
     forward_fn = forward_fn or _forward
     device = next(iter(params.values())).device
     ones = torch.ones(tuple(input_shape), dtype=dtype, device=device)
