@@ -1,14 +1,27 @@
 """epsd_mm: Early Pruning with Self-Distillation for OpenMMLab.
 
-Importing the package registers every module in the ``epsd_mm`` registry
-scope and allow-lists the objects MMEngine stores in checkpoints for torch's
-``weights_only`` loader.
+Importing the package is cheap and needs neither mmseg nor mmdet: the
+pruning core (:mod:`epsd_mm.pruning`) is plain PyTorch, and the MMEngine
+components (hooks, models, losses, datasets, metrics) register themselves
+the first time a config looks one up in the ``epsd_mm`` registry scope (see
+:mod:`epsd_mm.registry`). :func:`epsd_mm.utils.register_all_modules` imports
+them all at once.
+
+The import also tells MMEngine that configs may inherit ours as
+``epsd_mm::epsd_deeplab_voc.py``, the way they inherit ``mmseg::`` ones.
 """
-from .utils import register_checkpoint_safe_globals
+from .version import __version__
 
-register_checkpoint_safe_globals()
 
-from . import (datasets, engine, evaluation, losses, models,  # noqa: E402,F401
-               visualization)
+def _register_config_package() -> None:
+    """Add epsd_mm to the packages MMEngine resolves ``pkg::`` configs of."""
+    try:
+        from mmengine.config.utils import MODULE2PACKAGE
+    except ImportError:  # the pruning core works without MMEngine
+        return
+    MODULE2PACKAGE.setdefault('epsd_mm', 'epsd_mm')
 
-__version__ = '0.1.0'
+
+_register_config_package()
+
+__all__ = ['__version__']

@@ -17,8 +17,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import epsd_mm  # noqa: F401  registers the epsd_mm scope
 from epsd_mm.datasets.demo_voc import write_voc_demo
+from epsd_mm.utils import register_checkpoint_safe_globals
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
@@ -27,6 +27,11 @@ PYTHON = osp.join(REPO_ROOT, '.venv', 'bin', 'python')
 CROP = (64, 64)
 
 _counter = itertools.count()
+
+# Tests read MMEngine checkpoints with torch.load (weights_only) outside a
+# Runner, as a user's own script would; a Runner with our hooks registers
+# these itself.
+register_checkpoint_safe_globals()
 
 # Shared 2-core machine: with other processes running, intra-op threads
 # oversubscribe the cores and make tiny convolutions 10-50x slower.

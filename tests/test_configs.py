@@ -11,8 +11,8 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
 import epsd_mm  # noqa: F401
 from epsd_mm.engine import (EarlyPruningHook, GradualPruningHook,
                             SelfDistillHook)
-from epsd_mm.losses import CrossCorrelationLoss
-from epsd_mm.pruning import prunable_parameters
+from epsd_mm.models import CrossCorrelation
+from epsd_mm.pruning import criterion_options, prunable_parameters
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
@@ -52,35 +52,34 @@ def test_config_builds(rel_path):
         with DefaultScope.overwrite_default_scope(
                 loader.sampler.get('_scope_', cfg.default_scope)):
             assert DATA_SAMPLERS.get(sampler_type) is not None, sampler_type
-    sd_loss = getattr(model, 'sd_loss', None)
+    sd = getattr(model, 'sd', None)
     pruning = hooks.get('pruning')
     if isinstance(pruning, GradualPruningHook):
         # self-distilled pruning distils from the unpruned self
-        assert isinstance(sd_loss, CrossCorrelationLoss)
+        assert isinstance(sd, CrossCorrelation)
         assert prunable_parameters(model, pruning.scopes)
     elif pruning is not None:
         assert isinstance(pruning, EarlyPruningHook)
         # the pruning scope holds prunable layers of the built model
         assert prunable_parameters(model, pruning.scopes)
         if pruning.loss == 'sd':
-            assert sd_loss is not None, 'EPSD scores with the SD loss'
+            assert sd is not None, 'EPSD scores with the SD loss'
     if 'self_distill' in hooks:
         assert isinstance(hooks['self_distill'], SelfDistillHook)
-        if sd_loss is not None:
+        if sd is not None:
             assert hasattr(model, 'sd_enabled')
 
 
 VOC_VARIANTS = {
-    # config: (criterion, scoring loss, SD loss type) -- None: no pruning
-    'configs/epsd_deeplab_voc.py': ('prospr', 'sd', 'DLBLoss'),
+    # config: (criterion, scoring loss, SD method) -- None: no pruning
+    'configs/epsd_deeplab_voc.py': ('prospr', 'sd', 'DLB'),
     'configs/deeplab_voc/dense.py': (None, None, None),
-    'configs/deeplab_voc/dense_sd.py': (None, None, 'DLBLoss'),
-    'configs/deeplab_voc/epsd_pskd.py': ('prospr', 'sd', 'PSKDLoss'),
-    'configs/deeplab_voc/epsd_cskd.py': ('prospr', 'sd', 'CSKDLoss'),
-    'configs/deeplab_voc/simple_combination.py': ('prospr', 'task',
-                                                  'DLBLoss'),
-    'configs/deeplab_voc/snip_sd.py': ('snip', 'task', 'DLBLoss'),
-    'configs/deeplab_voc/random_sd.py': ('random', 'sd', 'DLBLoss'),
+    'configs/deeplab_voc/dense_sd.py': (None, None, 'DLB'),
+    'configs/deeplab_voc/epsd_pskd.py': ('prospr', 'sd', 'PSKD'),
+    'configs/deeplab_voc/epsd_cskd.py': ('prospr', 'sd', 'CSKD'),
+    'configs/deeplab_voc/simple_combination.py': ('prospr', 'task', 'DLB'),
+    'configs/deeplab_voc/snip_sd.py': ('snip', 'task', 'DLB'),
+    'configs/deeplab_voc/random_sd.py': ('random', 'sd', 'DLB'),
 }
 
 
@@ -95,8 +94,9 @@ def test_voc_variants_are_what_they_say(rel_path):
     assert cfg.model.decode_head.type == 'ASPPHead'
     assert cfg.train_cfg.max_iters == 20000
     assert cfg.train_dataloader.dataset.type == 'ConcatDataset'
-    sd_loss = cfg.model.get('sd_loss')
-    assert (sd_loss or {}).get('type') == sd_type
+    sd = cfg.model.get('sd')
+    assert (sd or {}).get('type') == sd_type
+    sd_loss = (sd or {}).get('loss')
     pruning = cfg.default_hooks.get('pruning')
     if criterion is None:
         assert pruning is None
@@ -106,14 +106,17 @@ def test_voc_variants_are_what_they_say(rel_path):
     assert hook.sparsity == 0.9
     assert hook.criterion == criterion and hook.loss == loss
     assert hook.scopes == ('backbone', )
-    if criterion == 'prospr':
-        assert hook.criterion_cfg == dict(
-            num_steps=3, lr=0.1, first_order=False)
-    if sd_type == 'DLBLoss':
+    if criterion == 'prospr':  # EPSD's defaults are the criterion's own
+        assert hook.criterion_cfg == {}
+        assert {
+            k: criterion_options('prospr')[k]
+            for k in ('num_steps', 'lr', 'first_order')
+        } == dict(num_steps=3, lr=0.1, first_order=False)
+    if sd_type == 'DLB':
         assert sd_loss.temperature == 3.0 and sd_loss.loss_weight == 1.0
-    if sd_type == 'PSKDLoss':
+    if sd_type == 'PSKD':
         assert sd_loss.alpha_T == 0.8 and set(sd_loss) == {'type', 'alpha_T'}
-    if sd_type == 'CSKDLoss':
+    if sd_type == 'CSKD':
         assert sd_loss.temperature == 4.0
         assert cfg.train_dataloader.batch_size % 2 == 0
         assert cfg.train_dataloader.sampler.type == 'epsd_mm.ClassPairSampler'

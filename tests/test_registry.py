@@ -44,6 +44,7 @@ def test_registry_scope_and_parent(name):
 @pytest.mark.parametrize('registry_name, type_name', [
     ('HOOKS', 'EarlyPruningHook'),
     ('HOOKS', 'SelfDistillHook'),
+    ('HOOKS', 'FiniteLossHook'),
     ('MODELS', 'SelfDistillSegmentor'),
     ('MODELS', 'DLBLoss'),
     ('MODELS', 'PSKDLoss'),
@@ -52,7 +53,7 @@ def test_registry_scope_and_parent(name):
 def test_components_registered(registry_name, type_name):
     ours = getattr(registry, registry_name)
     cls = ours.get(type_name)
-    assert cls is not None and cls.__name__ == type_name
+    assert cls is not None and cls is ours.module_dict[type_name]
     assert cls.__module__.startswith('epsd_mm.')
     # and reachable from mmengine's root with the scope prefix
     import mmengine.registry as mm_registry
@@ -78,7 +79,7 @@ def test_epsd_config_builds_mmseg_segmentor(epsd_scope):
     from mmseg.models.decode_heads import ASPPHead, FCNHead
     from mmseg.models.segmentors import EncoderDecoder
     from epsd_mm.losses import DLBLoss
-    from epsd_mm.models import SelfDistillSegmentor
+    from epsd_mm.models import DLB, SelfDistillSegmentorMixin
 
     cfg = Config.fromfile(
         osp.join(REPO_ROOT, 'configs', 'epsd_deeplab_voc.py'))
@@ -88,13 +89,13 @@ def test_epsd_config_builds_mmseg_segmentor(epsd_scope):
     cfg.model.decode_head.update(in_channels=64, channels=8)
     cfg.model.auxiliary_head.update(in_channels=32, channels=8)
     model = MODELS.build(cfg.model)
-    assert type(model) is SelfDistillSegmentor
+    assert isinstance(model, SelfDistillSegmentorMixin)
     assert isinstance(model, EncoderDecoder)
     assert isinstance(model.backbone, ResNetV1c)
     assert isinstance(model.decode_head, ASPPHead)
     assert isinstance(model.auxiliary_head, FCNHead)
-    assert isinstance(model.sd_loss, DLBLoss)
-    assert model.sd_loss.temperature == 3.0
+    assert isinstance(model.sd, DLB) and isinstance(model.sd.loss, DLBLoss)
+    assert model.sd.loss.temperature == 3.0
     assert model.decode_head.num_classes == 21
     model.eval()
     with torch.no_grad():
@@ -164,3 +165,32 @@ def test_mm_packages_and_compiled_ops_import():
 
 def test_package_version():
     assert isinstance(epsd_mm.__version__, str)
+
+
+def test_import_is_lazy_and_explains_missing_task_libraries(tmp_path):
+    """``import epsd_mm`` needs no mm task library; a component whose
+    library is missing says so when a config asks for it."""
+    import subprocess
+    import sys
+    script = tmp_path / 'no_mmdet.py'
+    script.write_text(
+        'import sys\n'
+        "sys.modules['mmdet'] = None  # as if mmdet were not installed\n"
+        'import epsd_mm, epsd_mm.pruning\n'
+        "assert not any(m.split('.')[0] in ('mmseg', 'mmdet', 'mmpretrain')"
+        ' for m in sys.modules if sys.modules[m] is not None)\n'
+        'from mmengine.registry import MODELS\n'
+        "seg = MODELS.get('epsd_mm.SelfDistillSegmentor')\n"
+        "assert seg is not None  # mmseg is there\n"
+        'try:\n'
+        "    MODELS.get('epsd_mm.CAMLocalizer')\n"
+        'except KeyError as error:\n'
+        "    assert 'mmdet' in str(error) and 'cam_localizer' in str(error)\n"
+        "    print('explained')\n")
+    out = subprocess.run([sys.executable, str(script)],
+                         capture_output=True,
+                         text=True,
+                         cwd=REPO_ROOT,
+                         env={'PYTHONPATH': REPO_ROOT, 'PATH': ''})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'explained' in out.stdout

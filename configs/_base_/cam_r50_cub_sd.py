@@ -9,7 +9,10 @@ _base_ = [
 ]
 default_scope = 'epsd_mm'
 
-model = dict(sd_loss=dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0))
+model = dict(
+    sd=dict(
+        type='CSKD',
+        loss=dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0)))
 train_dataloader = dict(
     batch_size=64,  # 32 anchors + 32 partners, as in CS-KD
     sampler=dict(
@@ -32,7 +35,8 @@ auto_scale_lr = dict(enable=False, base_batch_size=32)
 default_hooks = dict(
     checkpoint=dict(
         interval=5, save_best='wsol/maxboxacc_v2', rule='greater'),
-    self_distill=dict(type='epsd_mm.SelfDistillHook'))
+    self_distill=dict(type='epsd_mm.SelfDistillHook'),
+    finite_loss=dict(type='epsd_mm.FiniteLossHook'))
 visualizer = dict(
     _delete_=True,
     type='epsd_mm.CAMVisualizer',

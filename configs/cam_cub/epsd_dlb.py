@@ -2,8 +2,10 @@
 # ordinary shuffled batches of 32 (plus the previous batch, replayed by DLB).
 _base_ = ['../epsd_cam_cub.py']
 model = dict(
-    sd_loss=dict(_delete_=True, type='DLBLoss', temperature=3.0,
-                 loss_weight=1.0))
+    sd=dict(
+        _delete_=True,
+        type='DLB',
+        loss=dict(type='DLBLoss', temperature=3.0, loss_weight=1.0)))
 train_dataloader = dict(
     batch_size=32,
     sampler=dict(_delete_=True, type='DefaultSampler', shuffle=True))

@@ -1,3 +1,3 @@
 # Dense DeepLabV3, plain cross-entropy (mmseg's recipe).
 _base_ = ['../_base_/deeplabv3_voc12aug_sd.py']
-model = dict(sd_loss=None)
+model = dict(sd=None)

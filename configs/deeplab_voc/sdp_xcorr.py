@@ -5,11 +5,13 @@
 # diagonal term sums over the 2048 channels of ResNet-50's last stage.
 _base_ = ['../_base_/deeplabv3_voc12aug_sd.py']
 model = dict(
-    sd_loss=dict(
+    sd=dict(
         _delete_=True,
-        type='CrossCorrelationLoss',
-        lambda_offdiag=5e-3,
-        loss_weight=1e-3))
+        type='CrossCorrelation',
+        loss=dict(
+            type='CrossCorrelationLoss',
+            lambda_offdiag=5e-3,
+            loss_weight=1e-3)))
 default_hooks = dict(
     pruning=dict(
         type='epsd_mm.GradualPruningHook',

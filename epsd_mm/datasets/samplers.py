@@ -51,6 +51,9 @@ class ClassPairSampler(Sampler):
             partners share an object class. Defaults to ().
     """
 
+    #: Declares the (anchor, partner) pairs CS-KD checks for.
+    pairs_by_class = True
+
     def __init__(self,
                  dataset: Sized,
                  shuffle: bool = True,

@@ -1,10 +1,9 @@
 """Cross-correlation loss of self-distilled pruning."""
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from epsd_mm.registry import MODELS
-from .kd_utils import check_loss_weight
+from .base import BaseSDLoss
 
 
 def _pool_features(feats: Tensor, name: str) -> Tensor:
@@ -23,7 +22,7 @@ def _pool_features(feats: Tensor, name: str) -> Tensor:
 
 
 @MODELS.register_module()
-class CrossCorrelationLoss(nn.Module):
+class CrossCorrelationLoss(BaseSDLoss):
     """Cross-correlation loss of self-distilled pruning (Barlow-Twins style).
 
     Self-distilled pruning (O'Neill et al., "Self-Distilled Pruning of Deep
@@ -59,15 +58,12 @@ class CrossCorrelationLoss(nn.Module):
             Defaults to ``'loss_xcorr'``.
     """
 
-    #: The task loss stays; this loss is added to it.
-    replaces_task_loss: bool = False
-
     def __init__(self,
                  lambda_offdiag: float = 5e-3,
                  loss_weight: float = 1.0,
                  eps: float = 1e-5,
                  loss_name: str = 'loss_xcorr') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         lambda_offdiag = float(lambda_offdiag)
         if not lambda_offdiag >= 0:
             raise ValueError(
@@ -76,9 +72,7 @@ class CrossCorrelationLoss(nn.Module):
         if not eps >= 0:
             raise ValueError(f'eps must be >= 0, but got {eps}.')
         self.lambda_offdiag = lambda_offdiag
-        self.loss_weight = check_loss_weight(loss_weight)
         self.eps = eps
-        self._loss_name = loss_name
 
     def standardize(self, feats: Tensor) -> Tensor:
         """Standardise ``(N, D)`` features over the batch dimension.
@@ -146,12 +140,5 @@ class CrossCorrelationLoss(nn.Module):
         off_diag = (corr - torch.diag_embed(diag)).pow(2).sum()
         return self.loss_weight * (on_diag + self.lambda_offdiag * off_diag)
 
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item in the loss dict."""
-        return self._loss_name
-
-    def extra_repr(self) -> str:
-        return (f'lambda_offdiag={self.lambda_offdiag}, '
-                f'loss_weight={self.loss_weight}, eps={self.eps}, '
-                f"loss_name='{self.loss_name}'")
+    def _repr_args(self) -> dict:
+        return dict(lambda_offdiag=self.lambda_offdiag, eps=self.eps)

@@ -2,19 +2,18 @@
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from epsd_mm.registry import MODELS
-from .kd_utils import (check_label_range, check_logits, check_loss_weight,
-                       check_same_shape, check_target, check_temperature,
-                       kl_div_from_probs, label_index, masked_mean,
-                       soft_kl_div)
+from .base import BaseSDLoss
+from .kd_utils import (check_label_range, check_logits, check_same_shape,
+                       check_target, check_temperature, kl_div_from_probs,
+                       label_index, masked_mean, soft_kl_div)
 
 
 @MODELS.register_module()
-class CSKDLoss(nn.Module):
+class CSKDLoss(BaseSDLoss):
     """Loss of CS-KD (Class-wise Self-Knowledge Distillation).
 
     CS-KD (Yun et al., CVPR 2020) builds every batch with a *partner* for each
@@ -58,19 +57,14 @@ class CSKDLoss(nn.Module):
             Defaults to ``'loss_cskd'``.
     """
 
-    #: The task cross-entropy stays; this loss is added to it.
-    replaces_task_loss: bool = False
-
     def __init__(self,
                  temperature: float = 4.0,
                  loss_weight: float = 1.0,
                  ignore_index: int = 255,
                  loss_name: str = 'loss_cskd') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         self.temperature = check_temperature(temperature)
-        self.loss_weight = check_loss_weight(loss_weight)
         self.ignore_index = int(ignore_index)
-        self._loss_name = loss_name
 
     def forward(self,
                 logits: Tensor,
@@ -166,13 +160,6 @@ class CSKDLoss(nn.Module):
             log_probs.reshape(-1, num_classes))
         return masked_mean(kl, mask) * temperature**2
 
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item in the loss dict."""
-        return self._loss_name
-
-    def extra_repr(self) -> str:
-        return (f'temperature={self.temperature}, '
-                f'loss_weight={self.loss_weight}, '
-                f'ignore_index={self.ignore_index}, '
-                f"loss_name='{self.loss_name}'")
+    def _repr_args(self) -> dict:
+        return dict(
+            temperature=self.temperature, ignore_index=self.ignore_index)

@@ -1,15 +1,15 @@
 """DLB: self-distillation from the last mini-batch."""
 from typing import Optional
 
-import torch.nn as nn
 from torch import Tensor
 
 from epsd_mm.registry import MODELS
-from .kd_utils import check_loss_weight, check_temperature, soft_kl_div
+from .base import BaseSDLoss
+from .kd_utils import check_temperature, soft_kl_div
 
 
 @MODELS.register_module()
-class DLBLoss(nn.Module):
+class DLBLoss(BaseSDLoss):
     """Consistency loss of DLB (Self-Distillation from Last Mini-Batch).
 
     DLB (Shen et al., CVPR 2022) trains every iteration on the new batch
@@ -41,19 +41,14 @@ class DLBLoss(nn.Module):
             Defaults to ``'loss_dlb'``.
     """
 
-    #: The task cross-entropy stays; this loss is added to it.
-    replaces_task_loss: bool = False
-
     def __init__(self,
                  temperature: float = 3.0,
                  loss_weight: float = 1.0,
                  ignore_index: int = 255,
                  loss_name: str = 'loss_dlb') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         self.temperature = check_temperature(temperature)
-        self.loss_weight = check_loss_weight(loss_weight)
         self.ignore_index = int(ignore_index)
-        self._loss_name = loss_name
 
     def forward(self,
                 logits: Tensor,
@@ -81,13 +76,6 @@ class DLBLoss(nn.Module):
             ignore_index=self.ignore_index)
         return self.loss_weight * loss
 
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item in the loss dict."""
-        return self._loss_name
-
-    def extra_repr(self) -> str:
-        return (f'temperature={self.temperature}, '
-                f'loss_weight={self.loss_weight}, '
-                f'ignore_index={self.ignore_index}, '
-                f"loss_name='{self.loss_name}'")
+    def _repr_args(self) -> dict:
+        return dict(
+            temperature=self.temperature, ignore_index=self.ignore_index)

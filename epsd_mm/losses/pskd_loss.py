@@ -2,14 +2,14 @@
 from typing import Optional, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
 from epsd_mm.registry import MODELS
-from .kd_utils import (check_label_range, check_logits, check_loss_weight,
-                       check_same_shape, check_target, flatten_logits,
-                       kl_div_from_probs, label_index, masked_mean)
+from .base import BaseSDLoss
+from .kd_utils import (check_label_range, check_logits, check_same_shape,
+                       check_target, flatten_logits, kl_div_from_probs,
+                       label_index, masked_mean)
 
 
 def _check_unit_interval(value: Union[float, Tensor], name: str) -> float:
@@ -27,7 +27,7 @@ def _check_unit_interval(value: Union[float, Tensor], name: str) -> float:
 
 
 @MODELS.register_module()
-class PSKDLoss(nn.Module):
+class PSKDLoss(BaseSDLoss):
     """Loss of PS-KD (Progressive Self-Knowledge Distillation).
 
     PS-KD (Kim et al., ICCV 2021) trains against a soft target that mixes the
@@ -79,11 +79,9 @@ class PSKDLoss(nn.Module):
                  loss_weight: float = 1.0,
                  ignore_index: int = 255,
                  loss_name: str = 'loss_pskd') -> None:
-        super().__init__()
+        super().__init__(loss_weight, loss_name)
         self.alpha_T = _check_unit_interval(alpha_T, 'alpha_T')
-        self.loss_weight = check_loss_weight(loss_weight)
         self.ignore_index = int(ignore_index)
-        self._loss_name = loss_name
 
     def alpha_t(self, progress: Union[float, Tensor]) -> float:
         """Weight of the self-predictions at a point of training.
@@ -162,12 +160,5 @@ class PSKDLoss(nn.Module):
         _, valid = label_index(target, self.ignore_index)
         return self.loss_weight * masked_mean(kl, valid)
 
-    @property
-    def loss_name(self) -> str:
-        """str: Name of the loss item in the loss dict."""
-        return self._loss_name
-
-    def extra_repr(self) -> str:
-        return (f'alpha_T={self.alpha_T}, loss_weight={self.loss_weight}, '
-                f'ignore_index={self.ignore_index}, '
-                f"loss_name='{self.loss_name}'")
+    def _repr_args(self) -> dict:
+        return dict(alpha_T=self.alpha_T, ignore_index=self.ignore_index)

@@ -1,6 +1,30 @@
-from .cam_head import CAMHead
-from .cam_localizer import CAMLocalizer
-from .sd_segmentor import SelfDistillSegmentor
-from .self_distill import SelfDistillMixin
+"""Self-distilling models and their adapters to the pruning core.
 
-__all__ = ['CAMHead', 'CAMLocalizer', 'SelfDistillMixin', 'SelfDistillSegmentor']
+Task modules needing an optional library (mmseg for segmentors, mmdet for
+the CAM localiser, mmpretrain for classifiers) are imported only when that
+library is installed; see :data:`epsd_mm.registry.UNAVAILABLE_MODULES`.
+"""
+from epsd_mm.registry import import_task_module
+from .cam_head import CAMHead
+from .scoring import (SCORING_LOSSES, ScoringLoss, model_loss, scoring_state,
+                      tensor_forward)
+from .sd_methods import CSKD, DLB, PSKD, BaseSDMethod, CrossCorrelation
+from .self_distill import SelfDistillMixin, build_sd_method
+
+__all__ = [
+    'BaseSDMethod', 'CAMHead', 'CSKD', 'CrossCorrelation', 'DLB', 'PSKD',
+    'SCORING_LOSSES', 'ScoringLoss', 'SelfDistillMixin', 'build_sd_method',
+    'model_loss', 'scoring_state', 'tensor_forward'
+]
+
+if import_task_module('epsd_mm.models.segmentors', requires='mmseg'):
+    from .segmentors import (SelfDistillSegmentorMixin,
+                             build_self_distill_segmentor,
+                             self_distill_segmentor_class)
+    __all__ += [
+        'SelfDistillSegmentorMixin', 'build_self_distill_segmentor',
+        'self_distill_segmentor_class'
+    ]
+if import_task_module('epsd_mm.models.cam_localizer', requires='mmdet'):
+    from .cam_localizer import CAMLocalizer
+    __all__ += ['CAMLocalizer']

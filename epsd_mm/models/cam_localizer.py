@@ -22,8 +22,8 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
 
     Trained with image-level labels only (``gt_label`` in the metainfo of the
     data samples, see :class:`~epsd_mm.datasets.CUB200Dataset`), optionally
-    with a self-distillation loss (``sd_loss``: ``DLBLoss``, ``PSKDLoss`` or
-    ``CSKDLoss``) applied to the logits.
+    with a self-distillation method (``sd``: ``DLB``, ``PSKD``, ``CSKD`` or
+    any registered plug-in) applied to the logits.
 
     At test time every image gets one box: the CAM of one class is resized to
     the original image (undoing padding and flips), min-max normalised, and
@@ -41,7 +41,8 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
         backbone (dict): Backbone config, e.g. ``dict(type='mmdet.ResNet',
             depth=50, out_indices=(3, ))``. The head uses its last output.
         head (dict): Config of :class:`~epsd_mm.models.CAMHead`.
-        sd_loss (dict, optional): Self-distillation loss config. Defaults to
+        sd (dict, optional): SD method config, e.g.
+            ``dict(type='CSKD', loss=dict(loss_weight=3.0))``. Defaults to
             None (plain cross-entropy training).
         test_cfg (dict, optional): Inference options:
 
@@ -63,7 +64,7 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
     def __init__(self,
                  backbone: dict,
                  head: dict,
-                 sd_loss: Optional[dict] = None,
+                 sd: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None,
                  init_cfg: Optional[dict] = None) -> None:
@@ -72,7 +73,7 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
         self.backbone = MODELS.build(backbone)
         self.head = MODELS.build(head)
         self.test_cfg = self._check_test_cfg(test_cfg or {})
-        self.init_self_distill(sd_loss)
+        self.init_self_distill(sd)
 
     def _check_test_cfg(self, test_cfg: dict) -> dict:
         unknown = set(test_cfg) - set(self.DEFAULT_TEST_CFG)
@@ -109,7 +110,8 @@ class CAMLocalizer(SelfDistillMixin, BaseDetector):
     def sd_task_losses(self, logits: Tensor, extra: Tuple[Tensor],
                        data_samples: List[DetDataSample],
                        with_main_ce: bool) -> Dict[str, Tensor]:
-        """Cross-entropy ``loss_cls``, or nothing when PS-KD replaces it."""
+        """Cross-entropy ``loss_cls``, or nothing when the SD loss contains
+        it."""
         if not with_main_ce:
             return {}
         return self.head.loss(logits, self.sd_labels(data_samples))

@@ -69,7 +69,8 @@ def test_hook_in_demo_config_builds():
         dict(type='epsd_mm.EarlyPruningHook', sparsity=0.9, num_batches=4))
     assert isinstance(hook, EarlyPruningHook)
     assert hook.criterion == 'prospr' and hook.loss == 'sd'
-    assert hook.criterion_cfg == dict(num_steps=3, lr=0.1, first_order=False)
+    assert hook.criterion_cfg == {}  # the criterion's own defaults apply
+    assert hook.rounds == 1
     assert hook.priority == 'HIGHEST'
 
 
@@ -197,7 +198,8 @@ def test_each_criterion_via_hook(tiny_cfg, tmp_path, helpers, criterion, loss,
             assert mask.sum() >= math.ceil(min_density * mask.numel())
             assert (params[name].detach()[~mask] == 0).all()
     log = helpers.read_logs(str(tmp_path))
-    batches = 0 if criterion in ('magnitude', 'random', 'synflow') else 2
+    # synflow takes its input shape from one batch
+    batches = {'magnitude': 0, 'random': 0, 'synflow': 1}.get(criterion, 2)
     assert (f'with {criterion} on the {loss} loss ({batches} batches' in log)
     if 'default_hooks.pruning.criterion_cfg' in extra:
         assert "{'rounds': 3}" in log
@@ -289,23 +291,16 @@ def test_resume_restores_masks_without_rescoring(pruned_run, tiny_cfg,
                                                  helpers):
     work_dir = pruned_run['work_dir']
     assert 'EarlyPruningHook: scoring' in pruned_run['log']
-    # A different sparsity and criterion in the resumed config: if the hook
-    # re-scored, the masks would change.
-    cfg = tiny_cfg(
-        {
-            'default_hooks.pruning.sparsity': 0.5,
-            'default_hooks.pruning.criterion': 'random',
-            'train_cfg.val_interval': 100,
-        },
-        work_dir=work_dir,
-        max_iters=4)
+    cfg = tiny_cfg({'train_cfg.val_interval': 100},
+                   work_dir=work_dir,
+                   max_iters=4)
     cfg.resume = True
     runner = _train(cfg)
     assert runner.iter == 4
     model = _model(runner)
     _assert_same_masks(model, pruned_run['masks'])
     log = _run_log(runner)
-    assert 'masks restored from the checkpoint; not re-scoring' in log
+    assert 'restored from the checkpoint; not re-scoring (1/1 rounds done)' in log
     assert 'EarlyPruningHook: scoring' not in log
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
     final = torch.load(osp.join(work_dir, 'iter_4.pth'))['state_dict']
@@ -320,18 +315,12 @@ def test_resume_restores_masks_without_rescoring(pruned_run, tiny_cfg,
 
 def test_load_from_pruned_checkpoint_keeps_masks(pruned_run, tiny_cfg,
                                                  tmp_path):
-    cfg = tiny_cfg(
-        {
-            'default_hooks.pruning.sparsity': 0.5,
-            'default_hooks.pruning.criterion': 'magnitude',
-            'load_from': pruned_run['ckpt'],
-        },
-        max_iters=2)
+    cfg = tiny_cfg({'load_from': pruned_run['ckpt']}, max_iters=2)
     runner = _train(cfg)
     assert runner.iter == 2  # a fresh run, starting at 0
     _assert_same_masks(_model(runner), pruned_run['masks'])
     log = _run_log(runner)
-    assert 'masks restored from the checkpoint; not re-scoring' in log
+    assert 'restored from the checkpoint; not re-scoring (1/1 rounds done)' in log
     assert 'EarlyPruningHook: scoring' not in log
     assert f'Load checkpoint from {pruned_run["ckpt"]}' in log
 
@@ -359,12 +348,18 @@ def test_val_and_test_metrics_include_sparsity(pruned_run):
 @pytest.mark.parametrize('kwargs, match', [
     (dict(sparsity=1.0), 'sparsity must be in'),
     (dict(sparsity=-0.1), 'sparsity must be in'),
-    (dict(criterion='obd'), 'unknown criterion'),
+    (dict(criterion='obd'), 'unknown pruning criterion'),
+    (dict(criterion_cfg=dict(steps=3)), r"no option\(s\) \['steps'\]"),
+    (dict(selection='per_layer'), 'selection must be one of'),
+    (dict(min_density=2), 'min_density must be in'),
+    (dict(rounds=0), 'rounds must be a positive integer'),
+    (dict(scopes=()), 'at least one'),
     (dict(loss='kd'), "loss must be 'sd'"),
     (dict(num_batches=0), 'needs num_batches >= 1'),
 ],
-                         ids=['sparsity1', 'negative', 'criterion', 'loss',
-                              'num_batches0'])
+                         ids=['sparsity1', 'negative', 'criterion',
+                              'criterion_cfg', 'selection', 'min_density',
+                              'rounds', 'scopes', 'loss', 'num_batches0'])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HOOKS.build(dict(type='epsd_mm.EarlyPruningHook', **kwargs))
@@ -378,8 +373,8 @@ def test_invalid_arguments_fail_at_runner_build(tiny_cfg, tmp_path, helpers):
 
 @pytest.mark.parametrize('overrides, match', [
     ({'default_hooks.pruning.scopes': ('neck', )},
-     r"scope \('neck',\) matches no Conv/Linear layer"),
-    ({'model.sd_loss': None}, "has no `sd_loss`"),
+     r"scope\(s\) \['neck'\] match no Conv/Linear/attention weight"),
+    ({'model.sd': None}, 'has no SD method'),
     ({'default_hooks.pruning.sparsity': 0.9999,
       'default_hooks.pruning.criterion': 'magnitude'},
      'prunes every weight of'),
@@ -407,10 +402,10 @@ def test_errors_before_any_checkpoint(tiny_cfg, tmp_path, helpers, overrides,
 
 
 def test_task_loss_scoring_of_a_plain_model(tiny_cfg):
-    """loss='task' works on a model without SD (sd_loss=None)."""
+    """loss='task' works on a model without SD (sd=None)."""
     runner = _train(
         tiny_cfg({
-            'model.sd_loss': None,
+            'model.sd': None,
             'default_hooks.pruning.loss': 'task'
         },
                  max_iters=1))
@@ -449,3 +444,192 @@ def test_min_density_floor_at_extreme_sparsity(tiny_cfg):
         assert (params[name].detach()[~mask] == 0).all()
     kept = sum(int(m.sum()) for m in masks.values())
     assert round(1e-4 * total) <= kept < 0.02 * total
+
+
+# --------------------------------------------------------------------------
+# A checkpoint that cannot be what its config says, or is corrupted
+# --------------------------------------------------------------------------
+def test_resume_with_other_pruning_settings_stops(pruned_run, tiny_cfg,
+                                                  tmp_path, helpers):
+    """Masks are never re-scored, so a resumed config asking for another
+    sparsity/criterion could not take effect: refuse, write nothing."""
+    work_dir = tmp_path / 'resume'
+    work_dir.mkdir()
+    ckpt = torch.load(pruned_run['ckpt'], weights_only=False)
+    torch.save(ckpt, work_dir / 'iter_2.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_2.pth'))
+    cfg = tiny_cfg(
+        {
+            'default_hooks.pruning.sparsity': 0.5,
+            'default_hooks.pruning.criterion': 'random',
+        },
+        work_dir=work_dir,
+        max_iters=4)
+    cfg.resume = True
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError) as info:
+        runner.train()
+    message = str(info.value)
+    assert 'sparsity: checkpoint 0.9 vs config 0.5' in message
+    assert "criterion: checkpoint 'prospr' vs config 'random'" in message
+    assert helpers.checkpoints(str(work_dir)) == [str(work_dir / 'iter_2.pth')]
+    assert (work_dir / 'last_checkpoint').read_text().endswith('iter_2.pth')
+
+
+def test_test_run_reports_the_checkpoints_real_settings(pruned_run, tiny_cfg,
+                                                        tmp_path):
+    cfg = tiny_cfg({'default_hooks.pruning.sparsity': 0.5,
+                    'load_from': pruned_run['ckpt']})
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert metrics['sparsity'] == pytest.approx(0.9, abs=1e-5)
+    log = _run_log(runner)
+    assert ('the checkpoint was pruned with sparsity=0.9, not with the '
+            'sparsity=0.5 of the config' in log)
+
+
+def test_dense_checkpoint_under_pruning_config_warns(tiny_cfg, tmp_path):
+    dense_cfg = tiny_cfg(work_dir=tmp_path / 'dense', max_iters=1)
+    dense_cfg.default_hooks.pop('pruning')
+    _train(dense_cfg)
+    cfg = tiny_cfg({'load_from': str(tmp_path / 'dense' / 'iter_1.pth')},
+                   work_dir=tmp_path / 'test')
+    runner = Runner.from_cfg(cfg)
+    metrics = runner.test()
+    assert 'sparsity' not in metrics
+    assert 'the evaluated model has no pruning masks' in _run_log(runner)
+
+
+@pytest.mark.parametrize('corruption, match', [
+    ('nan', "tensor 'backbone.layer1.0.conv1.weight' holds 3 NaN/inf"),
+    ('revived', "'backbone.layer1.0.conv1.weight' has 1 non-zero value"),
+    ('momentum', 'optimizer state'),
+])
+def test_corrupted_checkpoint_is_refused(pruned_run, tiny_cfg, tmp_path,
+                                         corruption, match):
+    """NaN x 0 = NaN: a corrupted pruned weight must not be evaluated or
+    trained on; the error names the tensor."""
+    ckpt = torch.load(pruned_run['ckpt'], weights_only=False)
+    name = 'backbone.layer1.0.conv1.weight'
+    weight = ckpt['state_dict'][name]
+    mask = ckpt['state_dict'][name + '_epsd_mask']
+    if corruption == 'nan':
+        weight.view(-1)[:3] = float('nan')
+    elif corruption == 'revived':
+        weight[~mask] = 0
+        weight.view(-1)[(~mask).view(-1).nonzero()[0]] = 0.5
+    else:
+        state = next(iter(ckpt['optimizer']['state'].values()))
+        state['momentum_buffer'].view(-1)[0] = float('inf')
+    path = tmp_path / 'corrupted.pth'
+    torch.save(ckpt, path)
+    for mode in ('test', 'train'):
+        cfg = tiny_cfg({'load_from': str(path)},
+                       work_dir=tmp_path / mode,
+                       max_iters=1)
+        if mode == 'train' and corruption == 'momentum':
+            cfg.resume = True  # only a resume loads the optimizer state
+        runner = Runner.from_cfg(cfg)
+        with pytest.raises(ValueError, match=match):
+            getattr(runner, mode)()
+        assert not list((tmp_path / mode).rglob('*.pth'))
+
+
+def test_checkpoint_with_legacy_mask_names_loads(pruned_run, tiny_cfg,
+                                                 tmp_path):
+    """epsd_mm < 0.2 named the masks *.weight_mask (as torch's prune
+    does); such checkpoints still restore their masks."""
+    ckpt = torch.load(pruned_run['ckpt'], weights_only=False)
+    state = ckpt['state_dict']
+    for key in [k for k in state if k.endswith('_epsd_mask')]:
+        state[key[:-len('_epsd_mask')] + '_mask'] = state.pop(key)
+    ckpt['meta'].pop('epsd_pruning')  # older checkpoints had no record
+    path = tmp_path / 'legacy.pth'
+    torch.save(ckpt, path)
+    runner = _train(tiny_cfg({'load_from': str(path)},
+                             work_dir=tmp_path / 'run',
+                             max_iters=1))
+    _assert_same_masks(_model(runner), pruned_run['masks'])
+
+
+def test_non_finite_loss_stops_training_without_a_checkpoint(
+        tiny_cfg, tmp_path, helpers):
+    cfg = tiny_cfg({'default_hooks.pruning.criterion': 'magnitude',
+                    'optim_wrapper.optimizer.lr': 1e12,
+                    'default_hooks.checkpoint.interval': 1},
+                   max_iters=6)
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(FloatingPointError,
+                       match=r'not finite at iteration (\d+)'):
+        runner.train()
+    saved = helpers.checkpoints(str(tmp_path))
+    for path in saved:  # every checkpoint written holds finite weights
+        state = torch.load(path, weights_only=False)['state_dict']
+        assert all(torch.isfinite(v).all() for v in state.values()
+                   if v.is_floating_point())
+    assert len(saved) < 6
+
+
+# --------------------------------------------------------------------------
+# EPSD-It: the target in several rounds
+# --------------------------------------------------------------------------
+def test_rounds_reach_the_target_exactly(tiny_cfg, tmp_path, helpers):
+    runner = _train(
+        tiny_cfg({'default_hooks.pruning.rounds': 3}, max_iters=1))
+    _assert_pruned(_model(runner), 0.9)
+    log = helpers.read_logs(str(tmp_path))
+    targets = [1 - 0.1**(1 / 3), 1 - 0.1**(2 / 3), 0.9]
+    for r, target in enumerate(targets, 1):
+        assert (f'round {r}/3: scoring 22 layers with prospr on the sd '
+                f'loss (2 batches' in log)
+        assert f'target sparsity {target:.4f}' in log
+
+
+def test_rounds_between_iterations_resume_at_the_right_round(
+        tiny_cfg, tmp_path, helpers):
+    """Rounds 2 iterations apart; a run stopped after iteration 2 (round 2
+    done, round 3 due at iteration 4) resumes and runs round 3 only."""
+    rounds = {'default_hooks.pruning.rounds': 3,
+              'default_hooks.pruning.iters_between_rounds': 2,
+              'default_hooks.checkpoint.interval': 1,
+              'train_cfg.val_interval': 100}
+    first = _train(tiny_cfg(rounds, max_iters=3))
+    sparsity_after_2 = 1 - 0.1**(2 / 3)
+    masks = get_masks(_model(first))
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == round((1 - sparsity_after_2) * total)
+    assert 'round 3/3' not in _run_log(first)
+
+    cfg = tiny_cfg(rounds, work_dir=tmp_path, max_iters=5)
+    cfg.resume = True
+    second = _train(cfg)
+    log = _run_log(second)
+    assert 'restored from the checkpoint; not re-scoring (2/3 rounds done)' in log
+    assert 'round 1/3' not in log and 'round 2/3' not in log
+    assert 'round 3/3: scoring' in log
+    _assert_pruned(_model(second), 0.9)
+
+
+def test_scoring_progress_and_sparsity_scalars_reach_log_and_tensorboard(
+        tiny_cfg, tmp_path, helpers):
+    from tensorboard.backend.event_processing.event_accumulator import \
+        EventAccumulator
+    cfg = tiny_cfg({'default_hooks.pruning.criterion': 'snip',
+                    'default_hooks.pruning.loss': 'task'},
+                   max_iters=1)
+    cfg.visualizer.vis_backends = [dict(type='TensorboardVisBackend')]
+    _train(cfg)
+    log = helpers.read_logs(str(tmp_path))
+    assert re.search(r'EarlyPruningHook scoring: gradient batch 2/2 \(100%, '
+                     r'elapsed [\d.]+s, ETA 0\.0s\)', log)
+    events = list(tmp_path.rglob('events.out.tfevents.*'))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    tags = accumulator.Tags()['scalars']
+    assert 'sparsity/total' in tags
+    layer_tags = [t for t in tags if t.startswith('sparsity/backbone.')]
+    assert len(layer_tags) == NUM_BACKBONE_CONVS
+    total = accumulator.Scalars('sparsity/total')[-1].value
+    assert total == pytest.approx(0.9, abs=1e-4)

@@ -3,18 +3,18 @@ import json
 
 import pytest
 import torch
+from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from epsd_mm.engine import GradualPruningHook, UnprunedView, unwrap_model
 from epsd_mm.pruning import get_masks, prunable_parameters
 
 XCORR = {
-    'model.sd_loss':
+    'model.sd':
     dict(
         _delete_=True,
-        type='CrossCorrelationLoss',
-        lambda_offdiag=5e-3,
-        loss_weight=1e-2),
+        type='CrossCorrelation',
+        loss=dict(lambda_offdiag=5e-3, loss_weight=1e-2)),
     'default_hooks.pruning':
     dict(
         _delete_=True,
@@ -70,7 +70,7 @@ def test_prunes_on_schedule_and_distils_from_unpruned_self(
         assert torch.count_nonzero(params[name][~mask]) == 0
 
     # The teacher lifts the masks: cut weights carry their old values.
-    teacher = model.sd_teacher
+    teacher = model.sd._view
     assert isinstance(teacher, UnprunedView)
     hook = next(h for h in runner.hooks if isinstance(h, GradualPruningHook))
     assert set(hook.pruned_values) == set(masks)
@@ -91,22 +91,39 @@ def test_prunes_on_schedule_and_distils_from_unpruned_self(
 
 
 def test_teacher_forward_leaves_student_untouched(tiny_cfg):
-    runner = Runner.from_cfg(tiny_cfg(XCORR, max_iters=5))
+    runner = Runner.from_cfg(tiny_cfg(XCORR, max_iters=6))
     runner.train()
     model = unwrap_model(runner.model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = torch.randn(2, 3, 64, 64)
     model.train()
-    _, lifted = model.sd_teacher.sd_forward(inputs)
+    _, lifted = model.sd._view.sd_forward(inputs)
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
     # Lifting the masks changes the features: the pruned weights count.
     _, pruned = UnprunedView(model, {}).sd_forward(inputs)
-    assert not torch.allclose(lifted[-1], pruned[-1])
+    assert not torch.allclose(lifted.feats[-1], pruned.feats[-1])
+
+
+class StopAfter(Hook):
+    """Kills a run after a given iteration (and its checkpoint)."""
+    priority = 'LOWEST'
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_train_iter(self, runner, *args, **kwargs):
+        if runner.iter + 1 == self.iteration:
+            raise KeyboardInterrupt
 
 
 def test_resume_keeps_masks_and_cut_values(tiny_cfg, tmp_path):
-    Runner.from_cfg(tiny_cfg(XCORR, max_iters=4)).train()
+    runner = Runner.from_cfg(
+        tiny_cfg({**XCORR, 'default_hooks.checkpoint.interval': 4},
+                 max_iters=7))
+    runner.register_hook(StopAfter(4))
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
     first = torch.load(tmp_path / 'iter_4.pth', map_location='cpu')
     resumed = Runner.from_cfg(
         tiny_cfg(dict(XCORR, resume=True), max_iters=7))
@@ -119,4 +136,45 @@ def test_resume_keeps_masks_and_cut_values(tiny_cfg, tmp_path):
         mask = first['state_dict'][name + '_epsd_mask']
         assert torch.equal(hook.pruned_values[name][~mask], values[~mask])
     assert _sparsity(model) == pytest.approx(0.8, abs=1e-4)
-    assert isinstance(model.sd_teacher, UnprunedView)
+    assert isinstance(model.sd._view, UnprunedView)
+
+
+def test_schedule_that_cannot_finish_is_refused(tiny_cfg, tmp_path,
+                                                helpers):
+    """end beyond max_iters silently stopped at a fraction of the target;
+    now the run is refused before anything is written."""
+    runner = Runner.from_cfg(
+        tiny_cfg({**XCORR, 'default_hooks.pruning.end': 9}, max_iters=7))
+    with pytest.raises(ValueError, match='never be reached'):
+        runner.train()
+    assert helpers.checkpoints(str(tmp_path)) == []
+    # the last step must land at or after `end` and before max_iters:
+    # start=1, end=6, interval=2 -> steps 1, 3, 5, 7 (7 >= max_iters)
+    runner = Runner.from_cfg(
+        tiny_cfg({**XCORR, 'default_hooks.pruning.end': 6}, max_iters=7))
+    with pytest.raises(ValueError, match='at iteration 7'):
+        runner.train()
+
+
+def test_prunes_a_plain_model_without_self_distillation(tiny_cfg):
+    """Gradual magnitude pruning alone, on mmseg's own EncoderDecoder."""
+    cfg = tiny_cfg({'default_hooks.pruning': XCORR['default_hooks.pruning']},
+                   max_iters=6)
+    cfg.model.pop('sd')
+    cfg.model.type = cfg.model.pop('segmentor_type')
+    cfg.default_hooks.pop('self_distill')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    model = unwrap_model(runner.model)
+    assert type(model).__name__ == 'EncoderDecoder'
+    assert _sparsity(model) == pytest.approx(0.8, abs=1e-4)
+
+
+def test_cross_correlation_without_gradual_pruning_is_refused(tiny_cfg):
+    runner = Runner.from_cfg(
+        tiny_cfg({'model.sd': XCORR['model.sd'],
+                  'default_hooks.pruning.criterion': 'magnitude',
+                  'default_hooks.pruning.loss': 'task'},
+                 max_iters=1))
+    with pytest.raises(RuntimeError, match='GradualPruningHook'):
+        runner.train()

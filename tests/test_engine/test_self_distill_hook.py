@@ -9,13 +9,19 @@ from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 
 from epsd_mm.engine import SelfDistillHook
-from epsd_mm.engine.hooks.self_distill_hook import TEACHER_KEY
+from epsd_mm.engine.hooks.self_distill_hook import SD_STATE_KEY
 from epsd_mm.pruning import get_masks
 
-PSKD = {
-    'model.sd_loss': dict(_delete_=True, type='PSKDLoss', alpha_T=0.8),
-    'default_hooks.pruning.criterion': 'magnitude',
-}
+
+def pskd(snapshot_interval=None):
+    return {
+        'model.sd': dict(
+            _delete_=True,
+            type='PSKD',
+            loss=dict(alpha_T=0.8),
+            snapshot_interval=snapshot_interval),
+        'default_hooks.pruning.criterion': 'magnitude',
+    }
 
 
 class Recorder(Hook):
@@ -31,11 +37,11 @@ class Recorder(Hook):
         self.records.append(
             dict(
                 iter=runner.iter,
-                progress=model.sd_progress,
-                teacher=model.sd_teacher,
+                progress=model.sd.progress,
+                teacher=model.sd.teacher,
                 teacher_state={
                     k: v.clone()
-                    for k, v in model.sd_teacher.state_dict().items()
+                    for k, v in model.sd.teacher.state_dict().items()
                 },
                 state={k: v.clone()
                        for k, v in model.state_dict().items()}))
@@ -56,17 +62,12 @@ def _train(cfg):
 
 def test_build():
     hook = HOOKS.build(dict(type='epsd_mm.SelfDistillHook'))
-    assert isinstance(hook, SelfDistillHook) and hook.snapshot_interval is None
-    with pytest.raises(ValueError, match='snapshot_interval'):
-        SelfDistillHook(snapshot_interval=0)
+    assert isinstance(hook, SelfDistillHook)
 
 
 def test_pskd_teacher_progress_checkpoint_and_resume(tiny_cfg, tmp_path):
     work_dir = str(tmp_path)
-    cfg = tiny_cfg({
-        **PSKD, 'default_hooks.self_distill.snapshot_interval': 2
-    },
-                   max_iters=3)
+    cfg = tiny_cfg(pskd(snapshot_interval=2), max_iters=3)
     runner, records = _train(cfg)
     model = runner.model
     assert [r['iter'] for r in records] == [0, 1, 2]
@@ -85,14 +86,20 @@ def test_pskd_teacher_progress_checkpoint_and_resume(tiny_cfg, tmp_path):
     assert _states_equal(records[2]['teacher_state'], records[2]['state'])
     assert not _states_equal(records[2]['teacher_state'],
                              records[0]['teacher_state'])
-    assert model.sd_teacher is records[2]['teacher']
-    # the default interval is one epoch of the train loader
-    assert SelfDistillHook()._interval(runner) == len(
-        runner.train_dataloader) == 8
+    assert model.sd.teacher is records[2]['teacher']
+    # without snapshot_interval the teacher is refreshed once per epoch of
+    # the train loader (8 iterations here)
+    assert len(runner.train_dataloader) == 8
+    model.sd.snapshot_interval = None
+    before = model.sd.teacher
+    model.sd.before_train_iter(model, 7, 100, len(runner.train_dataloader))
+    assert model.sd.teacher is before
+    model.sd.before_train_iter(model, 8, 100, len(runner.train_dataloader))
+    assert model.sd.teacher is not before
 
     # the snapshot travels in the checkpoint ...
     ckpt = torch.load(osp.join(work_dir, 'iter_3.pth'))
-    teacher_state = ckpt[TEACHER_KEY]
+    teacher_state = ckpt[SD_STATE_KEY]['teacher']
     assert _states_equal(teacher_state, records[2]['teacher_state'])
     # ... and differs from the model's weights at that point
     assert not _states_equal(teacher_state, ckpt['state_dict'])
@@ -100,8 +107,7 @@ def test_pskd_teacher_progress_checkpoint_and_resume(tiny_cfg, tmp_path):
     # resume: the teacher is the saved snapshot, not a new one of the
     # resumed weights
     cfg = tiny_cfg({
-        **PSKD, 'default_hooks.self_distill.snapshot_interval': 100,
-        'train_cfg.val_interval': 100
+        **pskd(snapshot_interval=2), 'train_cfg.val_interval': 100
     },
                    work_dir=work_dir,
                    max_iters=4)
@@ -111,14 +117,14 @@ def test_pskd_teacher_progress_checkpoint_and_resume(tiny_cfg, tmp_path):
     assert records[0]['progress'] == pytest.approx(3 / 4)
     assert _states_equal(records[0]['teacher_state'], teacher_state)
     assert _states_equal(records[0]['state'], ckpt['state_dict'])
-    assert runner.model.sd_teacher is records[0]['teacher']
+    assert runner.model.sd.teacher is records[0]['teacher']
 
 
 def test_needs_a_self_distilling_model(tiny_cfg, tmp_path, helpers):
     cfg = tiny_cfg()
     cfg.default_hooks.pop('pruning')
-    cfg.model.pop('sd_loss')
-    cfg.model.type = 'EncoderDecoder'  # mmseg's plain segmentor
+    cfg.model.pop('sd')
+    cfg.model.type = cfg.model.pop('segmentor_type')  # mmseg's plain one
     runner = Runner.from_cfg(cfg)
     with pytest.raises(TypeError, match='SelfDistillHook needs a '
                        'self-distilling model'):

@@ -16,10 +16,11 @@ import epsd_mm.models.cam_head  # noqa: F401,E402
 import epsd_mm.visualization  # noqa: F401,E402
 
 CONFIGS = osp.join(osp.dirname(__file__), '../../configs')
-CSKD = dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0)
+CSKD = dict(
+    type='CSKD', loss=dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0))
 PAIRS = 'epsd_mm.ClassPairSampler'
 PLAIN = 'DefaultSampler'
-# config -> (sd_loss, train sampler, pruning hook overrides or None)
+# config -> (model.sd, train sampler, pruning hook overrides or None)
 EXPECTED = {
     'epsd_cam_cub.py': (CSKD, PAIRS, {}),
     'cam_cub/dense.py': (None, PLAIN, None),
@@ -28,9 +29,11 @@ EXPECTED = {
     'cam_cub/snip_sd.py': (CSKD, PAIRS, dict(criterion='snip',
                                              loss='task')),
     'cam_cub/random_sd.py': (CSKD, PAIRS, dict(criterion='random')),
-    'cam_cub/epsd_dlb.py': (dict(type='DLBLoss', temperature=3.0,
-                                 loss_weight=1.0), PLAIN, {}),
-    'cam_cub/epsd_pskd.py': (dict(type='PSKDLoss', alpha_T=0.8), PLAIN, {}),
+    'cam_cub/epsd_dlb.py': (dict(
+        type='DLB', loss=dict(type='DLBLoss', temperature=3.0,
+                              loss_weight=1.0)), PLAIN, {}),
+    'cam_cub/epsd_pskd.py': (dict(
+        type='PSKD', loss=dict(type='PSKDLoss', alpha_T=0.8)), PLAIN, {}),
     'demo/epsd_cam_cub_demo.py': (CSKD, PAIRS, dict(num_batches=4)),
 }
 
@@ -46,9 +49,9 @@ def test_every_cub_config_is_covered():
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_config_builds(name, tmp_path):
-    sd_loss, sampler, pruning = EXPECTED[name]
+    sd, sampler, pruning = EXPECTED[name]
     cfg = Config.fromfile(osp.join(CONFIGS, name))
-    assert cfg.model.get('sd_loss') == sd_loss
+    assert cfg.model.get('sd') == sd
     assert cfg.train_dataloader.sampler.type == sampler
     # CS-KD pairs must not be split across batches.
     if sampler == PAIRS:

@@ -145,11 +145,11 @@ def test_invalid_test_cfg_and_missing_label():
 
 
 # Training through a real MMEngine Runner ------------------------------------
-SD_LOSSES = dict(
+SD_METHODS = dict(
     none=None,
-    dlb=dict(type='DLBLoss', temperature=3.0, loss_weight=1.0),
-    pskd=dict(type='PSKDLoss', alpha_T=0.8),
-    cskd=dict(type='CSKDLoss', temperature=4.0, loss_weight=3.0))
+    dlb=dict(type='DLB'),
+    pskd=dict(type='PSKD'),
+    cskd=dict(type='CSKD', loss=dict(temperature=4.0, loss_weight=3.0)))
 SD_LOSS_KEYS = dict(
     none={'loss_cls'},
     dlb={'loss_cls', 'loss_dlb'},
@@ -161,7 +161,7 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
     """The demo config shrunk to a 64 px, width-8 net and one epoch.
 
     Args:
-        sd_method (str): Key of ``SD_LOSSES``.
+        sd_method (str): Key of ``SD_METHODS``.
         pruning (bool): Keep the config's ``EarlyPruningHook`` (EPSD) or
             drop it (dense training).
     """
@@ -169,7 +169,7 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
     cfg.work_dir = str(work_dir)
     cfg.model.backbone.base_channels = 8
     cfg.model.head.update(num_classes=NUM_CLASSES, in_channels=64)
-    cfg.model.sd_loss = SD_LOSSES[sd_method]
+    cfg.model.sd = SD_METHODS[sd_method]
     train_pipeline = cfg.train_dataloader.dataset.pipeline
     train_pipeline[1].scale = (72, 72)
     train_pipeline[2].crop_size = (64, 64)

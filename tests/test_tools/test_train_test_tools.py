@@ -107,6 +107,7 @@ def test_train_tool_resume(trained, helpers, tmp_path):
         work_dir,
         '--resume',
         '--cfg-options',
+        'default_hooks.pruning.sparsity=0.8',  # as the run was started
         'train_cfg.max_iters=3',
         'train_cfg.val_interval=100',
         cwd=str(tmp_path))

@@ -14,7 +14,7 @@ def _no_pruning(cfg) -> None:
 
 def _dense(cfg) -> None:
     _no_pruning(cfg)
-    cfg.model.sd_loss = None
+    cfg.model.sd = None
     if 'ClassPairSampler' in cfg.train_dataloader.sampler.type:
         # CS-KD's pairs would feed duplicates to plain training.
         cfg.train_dataloader.sampler = dict(

@@ -11,7 +11,7 @@ SECTION = 'scoring'
 
 def _scoring_worker(kwargs: dict, args: dict, queue: mp.Queue) -> None:
     torch.set_num_threads(args['threads'])
-    from epsd_mm.engine.hooks.early_pruning_hook import model_loss
+    from epsd_mm.models import model_loss
     from epsd_mm.pruning import compute_scores, prunable_parameters
     model, _, _, batch = build_demo(SEG_DEMO, args['batch'], args['size'])
     params = prunable_parameters(model, ('backbone', ))

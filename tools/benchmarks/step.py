@@ -18,31 +18,28 @@ def bench_step(args: dict) -> List[str]:
     from epsd_mm.pruning import (apply_masks, prunable_parameters,
                                  random_scores, register_mask_enforcement,
                                  select_masks)
-    from epsd_mm.registry import MODELS
     model, optim_cfg, data, _ = build_demo(SEG_DEMO, args['batch'],
                                            args['size'])
     masks = select_masks(
         random_scores(prunable_parameters(model, ('backbone', ))), 0.9)
 
-    def variant(masked: bool, sd_loss: Optional[dict]):
+    def variant(masked: bool, sd: Optional[dict]):
         net = copy.deepcopy(model)
-        net.sd_loss = (
-            MODELS.build(dict(sd_loss, _scope_='epsd_mm'))
-            if sd_loss else None)
-        net.sd_enabled = sd_loss is not None
+        net.init_self_distill(sd)
         optim_wrapper = build_optim_wrapper(net, copy.deepcopy(optim_cfg))
         if masked:
             apply_masks(net, masks)
             register_mask_enforcement(optim_wrapper.optimizer, net)
-        net.set_sd_teacher(net.sd_snapshot())
+        if net.sd is not None:
+            net.sd.before_train(net)  # e.g. the PS-KD teacher
         return lambda: net.train_step(data, optim_wrapper)
 
     steps = {
         'dense, cross-entropy': variant(False, None),
         'masked 90%, cross-entropy': variant(True, None),
-        'masked 90%, DLB': variant(True, dict(type='DLBLoss')),
-        'masked 90%, PS-KD': variant(True, dict(type='PSKDLoss')),
-        'masked 90%, CS-KD': variant(True, dict(type='CSKDLoss')),
+        'masked 90%, DLB': variant(True, dict(type='DLB')),
+        'masked 90%, PS-KD': variant(True, dict(type='PSKD')),
+        'masked 90%, CS-KD': variant(True, dict(type='CSKD')),
     }
     # Round-robin, so that load drift on the machine hits every row alike.
     times: Dict[str, List[float]] = {name: [] for name in steps}

@@ -1,9 +1,11 @@
-from .early_pruning_hook import EarlyPruningHook
+from .early_pruning_hook import EarlyPruningHook, ScoringProgress
+from .finite_loss_hook import FiniteLossHook
 from .gradual_pruning_hook import GradualPruningHook, UnprunedView
 from .mask_hook import BaseMaskHook, unwrap_model
 from .self_distill_hook import SelfDistillHook
 
 __all__ = [
-    'BaseMaskHook', 'EarlyPruningHook', 'GradualPruningHook',
-    'SelfDistillHook', 'UnprunedView', 'unwrap_model'
+    'BaseMaskHook', 'EarlyPruningHook', 'FiniteLossHook',
+    'GradualPruningHook', 'ScoringProgress', 'SelfDistillHook',
+    'UnprunedView', 'unwrap_model'
 ]

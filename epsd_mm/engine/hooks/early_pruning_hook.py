@@ -1,75 +1,109 @@
 """Prune the network before training starts (EPSD and its baselines)."""
-from contextlib import contextmanager, nullcontext
-from typing import (Callable, Dict, Iterator, List, Optional, Sequence,
-                    Union)
+import time
+from typing import Any, Dict, List, Optional, Sequence, Union
 
+import torch
 from mmengine import dist
-from mmengine.utils import ProgressBar
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (SCORERS, apply_masks, compute_scores, get_masks,
-                             prunable_parameters, select_masks)
+from epsd_mm.models.scoring import (SCORING_LOSSES, ScoringLoss,
+                                    scoring_state, tensor_forward)
+from epsd_mm.pruning import (SELECTIONS, apply_masks, check_criterion_options,
+                             check_sparsity, compute_scores,
+                             criterion_needs_batches, get_masks, get_scorer,
+                             normalize_scopes, prunable_parameters,
+                             select_masks)
 from epsd_mm.registry import HOOKS
 from .mask_hook import BaseMaskHook, unwrap_model
 
-SCORING_LOSSES = ('sd', 'task')
-# Criteria that need no training batches.
-DATA_FREE = ('magnitude', 'random', 'synflow')
 
+class ScoringProgress:
+    """Progress of a scoring run, as log lines with an ETA (rank 0 only).
 
-def model_loss(model: nn.Module, batch: dict) -> Tensor:
-    """The scalar training loss of an MMEngine model on a preprocessed batch
-    (the ``loss_fn`` the pruning core calls)."""
-    losses = model(**batch, mode='loss')
-    loss, _ = model.parse_losses(losses)
-    return loss
+    Called by the pruning core as ``progress(message, fraction)``; a line is
+    logged at most every ``interval`` seconds, and at the end.
+
+    Args:
+        logger: The runner's logger (lines reach the log file).
+        prefix (str): Start of every line.
+        interval (float): Seconds between lines. Defaults to 5.
+    """
+
+    def __init__(self, logger, prefix: str, interval: float = 5.0) -> None:
+        self.logger = logger
+        self.prefix = prefix
+        self.interval = interval
+        self.start = time.perf_counter()
+        self.last = -float('inf')
+
+    def __call__(self, message: str, fraction: float) -> None:
+        now = time.perf_counter()
+        if fraction < 1 and now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
+        self.logger.info(f'{self.prefix}: {message} ({fraction:.0%}, '
+                         f'elapsed {elapsed:.1f}s, ETA {eta:.1f}s)')
 
 
 @HOOKS.register_module()
 class EarlyPruningHook(BaseMaskHook):
     """Score every prunable weight before training and cut to a sparsity.
 
-    At ``before_train`` the hook draws ``num_batches`` batches from the train
-    dataloader (through the model's data preprocessor), scores the prunable
-    weights with ``criterion`` on the *scoring loss*, keeps the best
-    ``1 - sparsity`` fraction and stores the masks as ``*.weight_mask``
-    buffers. Pruned weights are zeroed and stay exactly zero after every
-    optimizer step. Masks travel in checkpoints: on resume (or ``load_from`` a
-    pruned checkpoint) they are restored and nothing is re-scored.
+    At ``before_train`` the hook draws ``num_batches`` batches from the
+    train dataloader (through the model's data preprocessor), scores the
+    prunable weights with ``criterion`` on the *scoring loss*, keeps the
+    best ``1 - sparsity`` fraction and stores the masks as buffers (see
+    :mod:`epsd_mm.pruning.masks`). Pruned weights are zeroed and stay
+    exactly zero after every optimizer step. Masks travel in checkpoints:
+    on resume (or ``load_from`` a pruned checkpoint) they are restored and
+    nothing is re-scored; a checkpoint pruned with other settings than the
+    config's stops the run (see :class:`BaseMaskHook`).
 
     With ``loss='sd'`` the scoring loss is the task loss plus the model's SD
-    loss, exactly as in training (EPSD); with ``loss='task'`` the SD term is
-    switched off (the "simple combination" baseline). During scoring the SD
-    state is defined at initialisation: DLB's previous-batch targets come from
-    the previous inner step, PS-KD's teacher is the network at the start of
-    scoring with the final strength ``alpha_T``, CS-KD's partners come from
-    the pair sampler of the train loader.
+    loss, as its SD method defines it at initialisation (EPSD); with
+    ``loss='task'`` the SD term is switched off (the "simple combination"
+    baseline).
 
-    Under DDP every rank scores its own batches, the scores are averaged over
-    ranks and rank 0's masks are broadcast, so all ranks hold identical masks.
+    **EPSD-It**: with ``rounds=R > 1`` the target is reached in R rounds;
+    round ``r`` scores the currently masked network and keeps the best of
+    its surviving weights, so that the sparsity after round ``r`` is
+    ``1 - (1 - sparsity) ** (r / R)``. Rounds run back to back at
+    ``before_train``, or ``iters_between_rounds`` training iterations apart;
+    checkpoints record the rounds done, so a run stopped between rounds
+    resumes at the right round.
+
+    Under DDP every rank scores its own batches, the scores are averaged
+    over ranks and rank 0's masks are broadcast, so all ranks hold identical
+    masks.
 
     Args:
         sparsity (float): Fraction of the prunable weights set to zero, in
             ``[0, 1)``. Defaults to 0.9.
-        criterion (str): One of ``'prospr'``, ``'snip'``, ``'grasp'``,
-            ``'synflow'``, ``'magnitude'``, ``'random'``.
-            Defaults to ``'prospr'``.
-        criterion_cfg (dict, optional): Keyword arguments of the criterion,
-            e.g. ``dict(num_steps=3, lr=0.1, first_order=False)`` for prospr
-            or ``dict(input_shape=(1, 3, 64, 64), rounds=100)`` for synflow.
-            Defaults to ProsPr's ``num_steps=3, lr=0.1, first_order=False``
-            when the criterion is prospr, else no arguments.
+        criterion (str): A criterion of :data:`epsd_mm.pruning.SCORERS`
+            (``'prospr'``, ``'snip'``, ``'grasp'``, ``'synflow'``,
+            ``'magnitude'``, ``'random'``). Defaults to ``'prospr'``.
+        criterion_cfg (dict, optional): Options of the criterion, e.g.
+            ``dict(num_steps=3, lr=0.1, first_order=False)`` for prospr or
+            ``dict(rounds=100)`` for synflow; unset options keep the
+            criterion's own defaults. Defaults to None.
         loss (str): Scoring loss, ``'sd'`` (EPSD) or ``'task'``.
             Defaults to ``'sd'``.
-        scopes (Sequence[str]): Module names (or globs) whose Conv/Linear
-            weights are prunable. Defaults to ``('backbone',)``.
-        num_batches (int): Batches drawn for scoring; prospr takes one inner
-            step per batch and cycles if it needs more. Ignored by data-free
-            criteria. Defaults to 4.
+        scopes (Sequence[str]): Module names (or globs) whose weight
+            matrices are prunable; each must contain some. Defaults to
+            ``('backbone',)``.
+        num_batches (int): Train batches drawn per scoring round, if the
+            criterion scores on data. Defaults to 4.
         selection (str): ``'global'`` top-k over all layers or
             ``'layerwise'``. Defaults to ``'global'``.
-        min_density (float): Floor of kept weights per layer; 0 raises an
-            error when a layer would be fully pruned. Defaults to 0.
+        min_density (float): Floor of kept weights per layer, in
+            ``[0, 1]``; 0 raises an error when a layer would be fully
+            pruned. Defaults to 0.
+        rounds (int): Scoring rounds to reach ``sparsity`` (EPSD-It for
+            ``rounds > 1``). Defaults to 1.
+        iters_between_rounds (int): Training iterations between rounds; 0
+            runs all rounds before training. Defaults to 0.
     """
 
     def __init__(self,
@@ -80,88 +114,164 @@ class EarlyPruningHook(BaseMaskHook):
                  scopes: Union[str, Sequence[str]] = ('backbone', ),
                  num_batches: int = 4,
                  selection: str = 'global',
-                 min_density: float = 0.0) -> None:
+                 min_density: float = 0.0,
+                 rounds: int = 1,
+                 iters_between_rounds: int = 0) -> None:
         super().__init__()
-        if not 0 <= sparsity < 1:
-            raise ValueError(
-                f'EarlyPruningHook: sparsity must be in [0, 1), got '
-                f'{sparsity}. It is the fraction of prunable weights set to '
-                'zero, e.g. sparsity=0.9 keeps 10%.')
-        if criterion not in SCORERS:
-            raise ValueError(
-                f'EarlyPruningHook: unknown criterion {criterion!r}; choose '
-                f'one of {sorted(SCORERS)}.')
+        name = type(self).__name__
+        try:
+            check_sparsity(sparsity)
+            get_scorer(criterion)
+            check_criterion_options(criterion, criterion_cfg or {})
+            self.scopes = normalize_scopes(scopes)
+        except ValueError as error:
+            raise ValueError(f'{name}: {error}') from None
         if loss not in SCORING_LOSSES:
             raise ValueError(
-                f"EarlyPruningHook: loss must be 'sd' (EPSD) or 'task' "
-                f'(simple combination), got {loss!r}.')
-        if num_batches < 0 or (num_batches == 0
-                               and criterion not in DATA_FREE):
+                f"{name}: loss must be 'sd' (EPSD) or 'task' (simple "
+                f'combination), got {loss!r}.')
+        if criterion_needs_batches(criterion) and num_batches < 1:
             raise ValueError(
-                f'EarlyPruningHook: criterion {criterion!r} needs '
+                f'{name}: criterion {criterion!r} scores on data and needs '
                 f'num_batches >= 1, got {num_batches}.')
-        if criterion_cfg is None:
-            criterion_cfg = (
-                dict(num_steps=3, lr=0.1, first_order=False)
-                if criterion == 'prospr' else {})
-        self.sparsity = sparsity
+        if selection not in SELECTIONS:
+            raise ValueError(f'{name}: selection must be one of '
+                             f'{SELECTIONS}, got {selection!r}.')
+        if not 0.0 <= min_density <= 1.0:
+            raise ValueError(
+                f'{name}: min_density must be in [0, 1], got {min_density}'
+                ' (0.01 keeps at least 1% of every layer).')
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(
+                f'{name}: rounds must be a positive integer, got {rounds}.')
+        if iters_between_rounds < 0:
+            raise ValueError(f'{name}: iters_between_rounds must be >= 0, '
+                             f'got {iters_between_rounds}.')
+        self.sparsity = float(sparsity)
         self.criterion = criterion
-        self.criterion_cfg = dict(criterion_cfg)
+        self.criterion_cfg = dict(criterion_cfg or {})
         self.loss = loss
-        self.scopes = (scopes, ) if isinstance(scopes, str) else tuple(scopes)
-        self.num_batches = num_batches if criterion not in DATA_FREE else 0
+        self.num_batches = num_batches
         self.selection = selection
         self.min_density = min_density
+        self.rounds = rounds
+        self.iters_between_rounds = iters_between_rounds
+        self.rounds_done = 0
+
+    # What checkpoints record ----------------------------------------------
+    def pruning_config(self) -> Dict[str, Any]:
+        return dict(
+            sparsity=self.sparsity,
+            criterion=self.criterion,
+            loss=self.loss,
+            scopes=list(self.scopes),
+            selection=self.selection,
+            rounds=self.rounds)
+
+    def pruning_progress(self) -> Dict[str, Any]:
+        return dict(rounds_done=self.rounds_done)
+
+    def restore_progress(self, progress: Dict[str, Any]) -> None:
+        self.rounds_done = int(progress.get('rounds_done', self.rounds))
+
+    def round_sparsity(self, round_: int) -> float:
+        """Sparsity after round ``round_`` (1-based) of :attr:`rounds`."""
+        if round_ == self.rounds:
+            return self.sparsity
+        return 1.0 - (1.0 - self.sparsity)**(round_ / self.rounds)
 
     # Validation before any checkpoint exists ---------------------------
     def before_run(self, runner) -> None:
         model = unwrap_model(runner.model)
-        prunable_parameters(model, self.scopes)  # raises on an empty scope
-        if self.loss == 'sd' and getattr(model, 'sd_loss', None) is None:
+        try:
+            prunable_parameters(model, self.scopes)
+        except ValueError as error:
+            raise ValueError(f'{type(self).__name__}: {error}') from None
+        if self.loss == 'sd' and getattr(model, 'sd', None) is None:
             raise ValueError(
                 "EarlyPruningHook(loss='sd') scores with the model's "
                 f'self-distillation loss, but {type(model).__name__} has no '
-                "`sd_loss`. Configure model.sd_loss (e.g. dict(type='DLBLoss'"
-                ")) or score with loss='task'.")
+                "SD method. Configure model.sd (e.g. dict(type='DLB')) or "
+                "score with loss='task'.")
 
     # Pruning -----------------------------------------------------------
     def before_train(self, runner) -> None:
         model = unwrap_model(runner.model)
-        if get_masks(model):
+        if self.loaded_masks:
+            self.check_restored(runner)
+            if not self.loaded_meta:  # written before epsd_mm 0.2
+                self.rounds_done = self.rounds
             runner.logger.info(
-                'EarlyPruningHook: masks restored from the checkpoint; '
-                'not re-scoring.')
-        else:
-            self._prune(runner, model)
+                'EarlyPruningHook: masks restored from the checkpoint; not '
+                f're-scoring ({self.rounds_done}/{self.rounds} rounds '
+                'done).')
+        elif get_masks(model):
+            raise ValueError(
+                'EarlyPruningHook: the model already has pruning masks that '
+                'no checkpoint brought; another pruning hook set them. Use '
+                'one EarlyPruningHook per run.')
+        self._run_due_rounds(runner)
         self.log_sparsity(runner)
         self.enforce(runner)
 
-    def _prune(self, runner, model: nn.Module) -> None:
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
+                          data_batch: Optional[dict] = None) -> None:
+        if self.rounds_done < self.rounds and self._run_due_rounds(runner):
+            self.log_sparsity(runner)
+
+    def _run_due_rounds(self, runner) -> bool:
+        """Run the rounds scheduled up to the current iteration."""
+        ran = False
+        while (self.rounds_done < self.rounds and
+               self.rounds_done * self.iters_between_rounds <= runner.iter):
+            self._prune_round(runner, self.rounds_done + 1)
+            self.rounds_done += 1
+            ran = True
+        return ran
+
+    def _prune_round(self, runner, round_: int) -> None:
+        model = unwrap_model(runner.model)
         params = prunable_parameters(model, self.scopes)
-        batches = self._draw_batches(runner, model, self.num_batches)
-        kwargs = dict(self.criterion_cfg)
-        if self.criterion == 'synflow':
-            kwargs = self._synflow_kwargs(runner, model, kwargs)
+        needs = criterion_needs_batches(self.criterion)
+        batches = self._draw_batches(
+            runner, model,
+            self.num_batches if needs else (1 if needs is None else 0))
+        target = self.round_sparsity(round_)
+        what = (f'round {round_}/{self.rounds}: ' if self.rounds > 1 else '')
         runner.logger.info(
-            f'EarlyPruningHook: scoring {len(params)} layers with '
-            f'{self.criterion} on the {self.loss} loss '
-            f'({len(batches)} batches, {self.criterion_cfg}).')
-        with _scoring_state(model, self.loss):
+            f'EarlyPruningHook: {what}scoring {len(params)} layers with '
+            f'{self.criterion} on the {self.loss} loss ({len(batches)} '
+            f'batches, options {self.criterion_cfg or "default"}), target '
+            f'sparsity {target:.4f}.')
+        progress = (
+            ScoringProgress(runner.logger, f'EarlyPruningHook {what}scoring')
+            if runner.rank == 0 else None)
+        with scoring_state(model, self.loss):
             scores = compute_scores(
                 model,
-                self._loss_fn(model, runner.rank == 0),
-                batches,
+                ScoringLoss(model),
+                batches or None,
                 criterion=self.criterion,
                 params=params,
-                **kwargs)
-        if runner.rank == 0:
-            print()  # end the progress line
+                forward_fn=tensor_forward,
+                sparsity=target,
+                progress=progress,
+                **self.criterion_cfg)
         for score in scores.values():
             dist.all_reduce(score, op='mean')  # no-op when not distributed
         self._warn_zero_scores(runner, scores)
+        previous = get_masks(model)
+        if previous:  # later rounds: only surviving weights compete
+            floor = min(float(s.min()) for s in scores.values()) - 1.0
+            scores = {
+                name: torch.where(previous[name], s, torch.full_like(s, floor))
+                for name, s in scores.items()
+            }
         masks = select_masks(
             scores,
-            self.sparsity,
+            target,
             selection=self.selection,
             min_density=self.min_density)
         # Ties or per-rank randomness must not split the ranks' masks.
@@ -171,8 +281,6 @@ class EarlyPruningHook(BaseMaskHook):
 
     def _warn_zero_scores(self, runner, scores: Dict[str, Tensor]) -> None:
         """Layers scored all zero are cut by tie order, not by merit."""
-        if self.criterion == 'random':
-            return
         dead = [name for name, score in scores.items() if not score.any()]
         if dead:
             runner.logger.warning(
@@ -182,17 +290,6 @@ class EarlyPruningHook(BaseMaskHook):
                 'A common cause is zero-initialised residual BN layers at '
                 'random init: set backbone.zero_init_residual=False, or use '
                 "criterion='prospr', whose inner steps revive them.")
-
-    def _synflow_kwargs(self, runner, model: nn.Module, kwargs: dict) -> dict:
-        """SynFlow runs the network on an all-ones input of one sample's
-        shape (from one train batch unless ``input_shape`` is given) and, for
-        iterative rounds, needs the target sparsity."""
-        if 'input_shape' not in kwargs:
-            inputs = self._draw_batches(runner, model, 1)[0]['inputs']
-            kwargs['input_shape'] = (1, ) + tuple(inputs.shape[1:])
-        kwargs.setdefault('forward_fn', lambda m, x: m(x, mode='tensor'))
-        kwargs.setdefault('sparsity', self.sparsity)
-        return kwargs
 
     def _draw_batches(self, runner, model: nn.Module,
                       num_batches: int) -> List[dict]:
@@ -213,40 +310,3 @@ class EarlyPruningHook(BaseMaskHook):
             f'EarlyPruningHook: the train dataloader yielded only '
             f'{len(batches)} batches but num_batches={num_batches}. '
             'Lower num_batches, or use more data / drop_last=False.')
-
-    def _loss_fn(self, model: nn.Module,
-                 show_progress: bool) -> Callable[[nn.Module, dict], Tensor]:
-        progress = ProgressBar(0) if show_progress else None
-
-        def loss_fn(module: nn.Module, batch: dict) -> Tensor:
-            loss = model_loss(module, batch)
-            if progress is not None:
-                progress.update()
-            return loss
-
-        return loss_fn
-
-
-@contextmanager
-def _scoring_state(model: nn.Module, loss: str) -> Iterator[None]:
-    """Put a self-distilling model in its scoring state and restore it.
-
-    ``loss='task'`` switches the SD term off. PS-KD gets the network at the
-    start of scoring as teacher and its final strength (progress 1). DLB's
-    previous batch is cleared before and after, so training starts clean.
-    """
-    if not hasattr(model, 'sd_enabled'):  # a plain MMEngine model
-        yield
-        return
-    progress, teacher = model.sd_progress, model.sd_teacher
-    model.reset_sd_state()
-    with (model.sd_disabled() if loss == 'task' else nullcontext()):
-        if model.sd_enabled and model.sd_method == 'pskd':
-            model.sd_progress = 1.0
-            model.set_sd_teacher(model.sd_snapshot())
-        try:
-            yield
-        finally:
-            model.sd_progress = progress
-            model.set_sd_teacher(teacher)
-            model.reset_sd_state()

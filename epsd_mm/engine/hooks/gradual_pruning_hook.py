@@ -1,11 +1,14 @@
 """Self-distilled pruning: gradual magnitude pruning while training."""
-from typing import Dict, Optional, Sequence, Union
+import math
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (apply_masks, magnitude_scores, overall_sparsity,
-                             prunable_parameters, select_masks, sparsity_stats)
+from epsd_mm.pruning import (SELECTIONS, apply_masks, magnitude_scores,
+                             normalize_scopes, overall_sparsity,
+                             prunable_parameters, select_masks,
+                             sparsity_stats)
 from epsd_mm.pruning.functional import call_with_tensors
 from epsd_mm.registry import HOOKS
 from .mask_hook import BaseMaskHook, unwrap_model
@@ -32,7 +35,7 @@ class UnprunedView:
         self.model = model
         self.pruned_values = pruned_values
 
-    def sd_forward(self, inputs: Tensor):
+    def sd_forward(self, inputs: Tensor) -> Any:
         tensors = {
             name: param.detach() + self.pruned_values[name]
             if name in self.pruned_values else param.detach()
@@ -56,10 +59,18 @@ class GradualPruningHook(BaseMaskHook):
     cubic schedule of Zhu & Gupta,
     ``s_t = s_f + (s_0 - s_f) * (1 - (t - start) / (end - start)) ** 3``.
     Cut weights stay cut (exactly zero). The values they had when cut are
-    kept (and saved in checkpoints), and the model's teacher is the network
-    with its masks lifted (:class:`UnprunedView`): with
-    ``sd_loss=dict(type='CrossCorrelationLoss')`` the backbone features of
-    the pruned network are pulled towards those of its unpruned self.
+    kept (and saved in checkpoints), and the model's SD method receives the
+    network with its masks lifted (:class:`UnprunedView`): with
+    ``sd=dict(type='CrossCorrelation')`` the backbone features of the pruned
+    network are pulled towards those of its unpruned self. Without an SD
+    method (a plain mmseg/mmdet model) the hook prunes by magnitude only.
+
+    The schedule must reach ``sparsity`` within the run: a pruning step at
+    or after ``end`` must fall before ``max_iters``, or the run is refused
+    at start (it would otherwise stop short of the target silently). With
+    masks already present at start (e.g. an ``EarlyPruningHook`` pruned at
+    initialisation, "EPSD followed by gradual pruning"), pruning continues
+    from their sparsity; set ``initial_sparsity`` to it.
 
     Args:
         sparsity (float): Final sparsity ``s_f`` in ``[0, 1)``.
@@ -96,32 +107,78 @@ class GradualPruningHook(BaseMaskHook):
             raise ValueError(
                 'GradualPruningHook: need interval >= 1 and 0 <= start < end'
                 f', got interval={interval}, start={start}, end={end}.')
+        if selection not in SELECTIONS:
+            raise ValueError(f'GradualPruningHook: selection must be one of '
+                             f'{SELECTIONS}, got {selection!r}.')
+        if not 0.0 <= min_density <= 1.0:
+            raise ValueError('GradualPruningHook: min_density must be in '
+                             f'[0, 1], got {min_density}.')
         self.sparsity = sparsity
         self.start = start
         self.end = end
         self.interval = interval
         self.initial_sparsity = initial_sparsity
-        self.scopes = (scopes, ) if isinstance(scopes, str) else tuple(scopes)
+        self.scopes = normalize_scopes(scopes)
         self.selection = selection
         self.min_density = min_density
         self.pruned_values: Dict[str, Tensor] = {}
 
+    def schedule_end(self, max_iters: int) -> int:
+        """Iteration at which the schedule reaches the final sparsity."""
+        if self.end is not None:
+            return self.end
+        return max(max_iters // 2, self.start + 1)
+
     def sparsity_at(self, it: int, max_iters: int) -> float:
         """Target sparsity of the schedule at iteration ``it``."""
-        end = self.end if self.end is not None else max(
-            max_iters // 2, self.start + 1)
+        end = self.schedule_end(max_iters)
         progress = min(max((it - self.start) / (end - self.start), 0.0), 1.0)
         return self.sparsity + (self.initial_sparsity -
                                 self.sparsity) * (1 - progress)**3
 
+    def pruning_config(self) -> Dict[str, Any]:
+        return dict(
+            sparsity=self.sparsity,
+            scopes=list(self.scopes),
+            selection=self.selection)
+
     def before_run(self, runner) -> None:
-        prunable_parameters(unwrap_model(runner.model), self.scopes)
+        try:
+            prunable_parameters(unwrap_model(runner.model), self.scopes)
+        except ValueError as error:
+            raise ValueError(f'GradualPruningHook: {error}') from None
+
+    def check_schedule(self, max_iters: int) -> None:
+        """Refuse a schedule that cannot reach its target in ``max_iters``.
+        """
+        end = self.schedule_end(max_iters)
+        # The first pruning step at or after `end` sets the final sparsity.
+        last = self.start + math.ceil(
+            (end - self.start) / self.interval) * self.interval
+        if last >= max_iters:
+            raise ValueError(
+                f'GradualPruningHook: the schedule reaches sparsity '
+                f'{self.sparsity} at iteration {last} (start={self.start}, '
+                f'end={end}, interval={self.interval}), but training stops '
+                f'at max_iters={max_iters}, so the target would never be '
+                'reached. Lower end (or start/interval) so that a pruning '
+                'step at or after end falls before max_iters.')
 
     def before_train(self, runner) -> None:
-        model = unwrap_model(runner.model)
-        if self.pruned_values:  # resumed: the teacher continues
-            model.set_sd_teacher(UnprunedView(model, self.pruned_values))
+        self.check_schedule(runner.max_iters)
+        if self.loaded_masks:
+            self.check_restored(runner)
+        self._share_unpruned_view(unwrap_model(runner.model))
         self.enforce(runner)
+
+    def _share_unpruned_view(self, model: nn.Module) -> None:
+        """Hand the SD method the network with its masks lifted (None until
+        something is pruned); a plain model has no method to hand it to."""
+        method = getattr(model, 'sd', None)
+        if method is not None:
+            method.set_unpruned(
+                UnprunedView(model, self.pruned_values)
+                if self.pruned_values else None)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
@@ -148,7 +205,7 @@ class GradualPruningHook(BaseMaskHook):
                 self.pruned_values[name] = self.pruned_values.get(
                     name, torch.zeros_like(cut)) + cut
         apply_masks(model, new_masks)
-        model.set_sd_teacher(UnprunedView(model, self.pruned_values))
+        self._share_unpruned_view(model)
         runner.logger.info(
             f'GradualPruningHook: iteration {it}, sparsity {target:.4f}')
         if target >= self.sparsity - 1e-9:

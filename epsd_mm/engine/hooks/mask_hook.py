@@ -1,13 +1,20 @@
 """What every hook that prunes a model during an MMEngine run shares."""
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
-from epsd_mm.pruning import (attach_mask_buffers, format_sparsity_table,
+from epsd_mm.pruning import (attach_mask_buffers, check_masked_state_dict,
+                             format_sparsity_table, get_masks,
                              masked_param_names, overall_sparsity,
-                             register_mask_enforcement, sparsity_stats)
+                             register_mask_enforcement,
+                             rename_legacy_mask_keys, sparsity_stats)
+
+#: ``checkpoint['meta'][META_KEY][<hook class name>]`` records how the
+#: checkpoint was pruned (and how far, for schedules over several steps).
+META_KEY = 'epsd_pruning'
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -15,16 +22,41 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if is_model_wrapper(model) else model
 
 
+def check_checkpoint(checkpoint: dict, source: str) -> None:
+    """Refuse a checkpoint with non-finite tensors or revived pruned weights
+    (model state and optimizer state), before anything is loaded."""
+    check_masked_state_dict(checkpoint.get('state_dict', {}), source)
+    for index, state in checkpoint.get('optimizer', {}).get('state',
+                                                            {}).items():
+        for key, value in state.items():
+            if (isinstance(value, torch.Tensor) and value.is_floating_point()
+                    and not torch.isfinite(value).all()):
+                raise ValueError(
+                    f'{source}: optimizer state {key!r} of parameter '
+                    f'{index} holds NaN/inf. The file is corrupted or '
+                    'training diverged before it was saved; use an earlier '
+                    'checkpoint.')
+
+
 class BaseMaskHook(Hook):
     """Masks in checkpoints, enforcement after optimizer steps, reporting.
 
     * ``after_load_checkpoint`` (called before the state dict is loaded)
-      creates ``*.weight_mask`` buffers for the masks a checkpoint carries,
-      so resume and ``load_from`` restore them;
+      renames mask keys of older checkpoints, refuses corrupted checkpoints
+      (NaN/inf anywhere, non-zero pruned weights), and creates the mask
+      buffers the checkpoint carries, so resume and ``load_from`` restore
+      them;
+    * the pruning set-up (:meth:`pruning_config`) is recorded in the
+      checkpoint's meta; a run that restores masks from a checkpoint pruned
+      with other settings than its config asks for stops at
+      ``before_train`` (the config values could not take effect) and warns
+      at ``before_test``, as it does when a pruning config evaluates a
+      checkpoint without masks;
     * :meth:`enforce` keeps pruned weights exactly zero after every
       optimizer step (momentum, weight decay, Adam, AMP);
     * the overall sparsity joins the val/test metrics, logged next to mIoU
-      and the like.
+      and the like; per-layer sparsity goes to the log and to the
+      visualizer's backends (TensorBoard, W&B, ...) as scalars.
 
     Priority is HIGHEST: masks exist before other hooks train, and the
     sparsity enters the metrics before ``RuntimeInfoHook`` (VERY_HIGH) logs
@@ -35,15 +67,88 @@ class BaseMaskHook(Hook):
 
     def __init__(self) -> None:
         self._enforcement = None
+        self.loaded_meta: Optional[Dict[str, Any]] = None
+        self.loaded_masks = False
+
+    def pruning_config(self) -> Dict[str, Any]:
+        """Settings a checkpoint's masks must agree with (for the meta)."""
+        return {}
+
+    def pruning_progress(self) -> Dict[str, Any]:
+        """How far pruning got, restored by :meth:`restore_progress`."""
+        return {}
+
+    def restore_progress(self, progress: Dict[str, Any]) -> None:
+        """Continue from what :meth:`pruning_progress` recorded."""
+
+    # Checkpoints ----------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = checkpoint.setdefault('meta', {}).setdefault(META_KEY, {})
+        meta[type(self).__name__] = dict(
+            config=self.pruning_config(), progress=self.pruning_progress())
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get('state_dict', {})
+        rename_legacy_mask_keys(state)
+        check_checkpoint(checkpoint, 'the loaded checkpoint')
         names = [
             name[len('module.'):] if name.startswith('module.') else name
-            for name in masked_param_names(checkpoint.get('state_dict', {}))
+            for name in masked_param_names(state)
         ]
         if names:
             attach_mask_buffers(unwrap_model(runner.model), names)
+        self.loaded_masks = bool(names)
+        self.loaded_meta = checkpoint.get('meta', {}).get(META_KEY, {}).get(
+            type(self).__name__)
+        if self.loaded_meta:
+            self.restore_progress(self.loaded_meta.get('progress', {}))
 
+    def config_mismatch(self) -> Dict[str, tuple]:
+        """``{key: (checkpoint value, config value)}`` of the settings that
+        differ between the loaded checkpoint and this hook."""
+        if not self.loaded_meta:
+            return {}
+        saved = self.loaded_meta.get('config', {})
+        ours = self.pruning_config()
+        return {
+            key: (saved[key], ours[key])
+            for key in ours if key in saved and saved[key] != ours[key]
+        }
+
+    def check_restored(self, runner) -> None:
+        """Stop a training run whose restored masks contradict its config."""
+        mismatch = self.config_mismatch()
+        if mismatch:
+            diffs = ', '.join(f'{k}: checkpoint {a!r} vs config {b!r}'
+                              for k, (a, b) in mismatch.items())
+            raise ValueError(
+                f'{type(self).__name__}: the loaded checkpoint was pruned '
+                f'with other settings than the config asks for ({diffs}). '
+                'Masks are restored from checkpoints, never re-scored, so '
+                'the config values cannot take effect. Resume with the '
+                'settings the checkpoint was pruned with (e.g. --cfg-options '
+                f'default_hooks.pruning.{next(iter(mismatch))}='
+                f'{next(iter(mismatch.values()))[0]!r}), or start from a '
+                'dense checkpoint in a new work_dir.')
+
+    def before_test(self, runner) -> None:
+        model = unwrap_model(runner.model)
+        mismatch = self.config_mismatch()
+        if mismatch:
+            runner.logger.warning(
+                f'{type(self).__name__}: the checkpoint was pruned with '
+                + ', '.join(f'{k}={a!r}' for k, (a, _) in mismatch.items())
+                + ', not with the ' + ', '.join(
+                    f'{k}={b!r}' for k, (_, b) in mismatch.items()) +
+                ' of the config; the reported sparsity is the '
+                "checkpoint's.")
+        if not get_masks(model):
+            runner.logger.warning(
+                f'{type(self).__name__}: the config prunes, but the '
+                'evaluated model has no pruning masks (a dense checkpoint, '
+                'or none): the metrics are those of a dense model.')
+
+    # Training -------------------------------------------------------------
     def enforce(self, runner) -> None:
         """Register mask enforcement on the runner's optimizer (once)."""
         if self._enforcement is None:
@@ -51,9 +156,13 @@ class BaseMaskHook(Hook):
                 runner.optim_wrapper.optimizer, unwrap_model(runner.model))
 
     def log_sparsity(self, runner) -> None:
-        runner.logger.info(
-            f'{type(self).__name__}: per-layer sparsity\n' +
-            format_sparsity_table(sparsity_stats(unwrap_model(runner.model))))
+        """Per-layer table to the log, per-layer scalars to the visualizer."""
+        stats = sparsity_stats(unwrap_model(runner.model))
+        runner.logger.info(f'{type(self).__name__}: per-layer sparsity\n' +
+                           format_sparsity_table(stats))
+        scalars = {f'sparsity/{s.name}': s.sparsity for s in stats}
+        scalars['sparsity/total'] = overall_sparsity(stats)
+        runner.visualizer.add_scalars(scalars, step=runner.iter)
 
     def _add_sparsity(self, runner, metrics: Optional[Dict[str,
                                                            float]]) -> None:

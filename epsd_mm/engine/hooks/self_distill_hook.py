@@ -1,79 +1,69 @@
 """Keep the training-time state of self-distillation up to date."""
-from typing import Optional
-
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from epsd_mm.registry import HOOKS
+from .mask_hook import unwrap_model
 
-TEACHER_KEY = 'sd_teacher_state_dict'
+#: Top-level checkpoint key of the SD method's state.
+SD_STATE_KEY = 'sd_state'
+# Written by epsd_mm < 0.2 (the PS-KD teacher's state dict).
+_LEGACY_TEACHER_KEY = 'sd_teacher_state_dict'
 
 
 @HOOKS.register_module()
 class SelfDistillHook(Hook):
-    """Feed a :class:`~epsd_mm.models.SelfDistillMixin` model its SD state.
+    """Drive the SD method of a self-distilling model through training.
 
-    * sets ``model.sd_progress = iter / max_iters`` before every iteration
-      (PS-KD's alpha grows with it);
-    * for PS-KD, keeps a frozen snapshot of the model as teacher and refreshes
-      it every ``snapshot_interval`` iterations (default: once per epoch, i.e.
-      every ``len(train_dataloader)`` iterations), so the teacher is "the
-      model at the end of the previous epoch" without storing per-pixel
-      predictions of the whole dataset; the snapshot is saved in checkpoints
-      and restored on resume;
-    * clears DLB's previous batch when training starts.
-
-    Args:
-        snapshot_interval (int, optional): Iterations between PS-KD teacher
-            refreshes. Defaults to None (one epoch).
+    The hook knows no method by name: it lets the model's SD method
+    (``model.sd``, see :class:`~epsd_mm.models.sd_methods.BaseSDMethod`)
+    check the train loader before the run, prepare at ``before_train``,
+    update its state before every iteration (PS-KD: progress and teacher
+    refreshes) and save / restore its state in checkpoints.
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, snapshot_interval: Optional[int] = None) -> None:
-        if snapshot_interval is not None and snapshot_interval < 1:
-            raise ValueError('SelfDistillHook: snapshot_interval must be a '
-                             f'positive number of iterations, got '
-                             f'{snapshot_interval}.')
-        self.snapshot_interval = snapshot_interval
-        self._teacher_state = None
+    def __init__(self) -> None:
+        self._loaded_state = None
 
     @staticmethod
-    def _model(runner):
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+    def _method(runner):
+        model = unwrap_model(runner.model)
         if not hasattr(model, 'sd_enabled'):
             raise TypeError(
                 f'SelfDistillHook needs a self-distilling model '
                 f'(SelfDistillMixin), got {type(model).__name__}. Use '
                 "e.g. type='epsd_mm.SelfDistillSegmentor' or remove the hook.")
-        return model
+        return model, model.sd
 
-    def _interval(self, runner) -> int:
-        return self.snapshot_interval or len(runner.train_dataloader)
+    def before_run(self, runner) -> None:
+        _, method = self._method(runner)
+        if method is not None:
+            method.check_train_loader(runner.train_dataloader)
 
     def before_train(self, runner) -> None:
-        model = self._model(runner)
-        model.reset_sd_state()
-        if model.sd_method == 'pskd':
-            teacher = model.sd_snapshot()
-            if self._teacher_state is not None:
-                teacher.load_state_dict(self._teacher_state)
-                self._teacher_state = None
-            model.set_sd_teacher(teacher)
+        model, method = self._method(runner)
+        if method is None:
+            return
+        if self._loaded_state is not None:
+            method.load_state_dict(self._loaded_state)
+            self._loaded_state = None
+        method.before_train(model)
 
     def before_train_iter(self, runner, batch_idx: int,
                           data_batch=None) -> None:
-        model = self._model(runner)
-        model.sd_progress = min(runner.iter / max(runner.max_iters, 1), 1.0)
-        if (model.sd_method == 'pskd' and runner.iter > 0
-                and runner.iter % self._interval(runner) == 0):
-            model.set_sd_teacher(model.sd_snapshot())
+        model, method = self._method(runner)
+        if method is not None:
+            method.before_train_iter(model, runner.iter, runner.max_iters,
+                                     len(runner.train_dataloader))
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        model = self._model(runner)
-        if model.sd_method == 'pskd' and model.sd_teacher is not None:
-            checkpoint[TEACHER_KEY] = model.sd_teacher.state_dict()
+        _, method = self._method(runner)
+        if method is not None:
+            checkpoint[SD_STATE_KEY] = method.state_dict()
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        self._teacher_state = checkpoint.get(TEACHER_KEY)
+        state = checkpoint.get(SD_STATE_KEY)
+        if state is None and _LEGACY_TEACHER_KEY in checkpoint:
+            state = dict(teacher=checkpoint[_LEGACY_TEACHER_KEY])
+        self._loaded_state = state

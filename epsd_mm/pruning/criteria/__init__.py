@@ -3,7 +3,8 @@
 A criterion is a function returning one score tensor per prunable weight
 (higher is kept). What it needs is declared by its own signature: the
 shared arguments it names (``model``, ``loss_fn``, ``batches``, ``params``,
-``forward_fn``, ``sparsity``) are passed by :func:`compute_scores`, required
+``forward_fn``, ``sparsity``, ``progress``) are passed by
+:func:`compute_scores`, required
 ones must be available, and its keyword options carry their own defaults
 (e.g. ProsPr's ``num_steps=3``). So a caller (such as the pruning hook)
 needs no per-criterion knowledge: :func:`criterion_needs_batches` tells it
@@ -34,7 +35,11 @@ SCORERS: Dict[str, Callable[..., Dict[str, Tensor]]] = {
 
 #: Arguments :func:`compute_scores` passes to a scorer that names them.
 SHARED_ARGS = ('model', 'loss_fn', 'batches', 'params', 'forward_fn',
-               'sparsity')
+               'sparsity', 'progress')
+
+#: ``progress(message, fraction)``: what a criterion is doing (e.g. ``'inner
+#: step 2/3, batch 1/4'``) and the fraction of its work done, in [0, 1].
+Progress = Callable[[str, float], None]
 
 
 def get_scorer(criterion: str) -> Callable[..., Dict[str, Tensor]]:
@@ -113,6 +118,7 @@ def compute_scores(model: nn.Module,
                    forward_fn: Optional[Callable[[nn.Module, Tensor],
                                                  Any]] = None,
                    sparsity: Optional[float] = None,
+                   progress: Optional[Progress] = None,
                    **criterion_kwargs: Any) -> Dict[str, Tensor]:
     """Score every prunable weight of ``model`` with a criterion.
 
@@ -139,6 +145,8 @@ def compute_scores(model: nn.Module,
         sparsity (float, optional): The target sparsity, for criteria that
             schedule intermediate masks (iterative SynFlow). Defaults to
             None.
+        progress (Callable, optional): ``progress(message, fraction)``,
+            called by criteria that report progress. Defaults to None.
         **criterion_kwargs: Options of the criterion, e.g. ``num_steps``
             for ``'prospr'`` or ``input_shape`` for ``'synflow'``.
 
@@ -156,7 +164,8 @@ def compute_scores(model: nn.Module,
         batches=batches,
         params=params,
         forward_fn=forward_fn,
-        sparsity=sparsity)
+        sparsity=sparsity,
+        progress=progress)
     args = {}
     for name, param in inspect.signature(scorer).parameters.items():
         if name not in SHARED_ARGS:
@@ -171,7 +180,7 @@ def compute_scores(model: nn.Module,
 
 
 __all__ = [
-    'SCORERS', 'SHARED_ARGS', 'check_criterion_options', 'compute_scores',
+    'Progress', 'SCORERS', 'SHARED_ARGS', 'check_criterion_options', 'compute_scores',
     'criterion_needs_batches', 'criterion_options', 'get_scorer',
     'grasp_scores', 'magnitude_scores', 'prospr_meta_gradients',
     'prospr_scores', 'random_scores', 'snip_scores', 'synflow_scores'

@@ -1,5 +1,5 @@
 """Gradient criteria at the current weights: SNIP and GraSP."""
-from typing import Any, Callable, Dict, Iterable, List, Mapping
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -35,19 +35,35 @@ def _grads(loss: Tensor, leaves: Dict[str, Tensor],
     ]
 
 
-def _grad_sum(model: nn.Module, loss_fn: LossFn, batches: List[Any],
-              leaves: Dict[str, Tensor]) -> List[Tensor]:
+def _report(progress: Optional[Callable[[str, float], None]], done: int,
+            total: int, what: str) -> None:
+    if progress is not None:
+        progress(f'{what} {done}/{total}', done / total)
+
+
+def _grad_sum(model: nn.Module,
+              loss_fn: LossFn,
+              batches: List[Any],
+              leaves: Dict[str, Tensor],
+              progress: Optional[Callable[[str, float], None]] = None,
+              total: Optional[int] = None) -> List[Tensor]:
     """Gradient of the loss w.r.t. ``leaves``, summed over ``batches``."""
-    total = [torch.zeros_like(w) for w in leaves.values()]
-    for batch in batches:
+    grads = [torch.zeros_like(w) for w in leaves.values()]
+    for i, batch in enumerate(batches, 1):
         loss = scalar_loss(call_with_tensors(model, leaves, loss_fn, batch))
-        for acc, g in zip(total, _grads(loss, leaves)):
+        for acc, g in zip(grads, _grads(loss, leaves)):
             acc.add_(g)
-    return total
+        _report(progress, i, total or len(batches), 'gradient batch')
+    return grads
 
 
-def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
-                params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def snip_scores(
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Iterable[Any],
+        params: Mapping[str, Tensor],
+        progress: Optional[Callable[[str, float], None]] = None
+) -> Dict[str, Tensor]:
     """SNIP connection sensitivity ``|w * dL/dw|``.
 
     The gradient is summed over all ``batches``. The model (parameters,
@@ -58,6 +74,8 @@ def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
         batches (Iterable): Batches passed to ``loss_fn``.
         params (Mapping[str, Tensor]): Prunable weights by name.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every batch. Defaults to None.
 
     Returns:
         dict[str, Tensor]: Non-negative scores, detached.
@@ -65,15 +83,20 @@ def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
     batches = as_batch_list(batches)
     leaves = _leaves(params)
     with preserved_state(model):
-        total = _grad_sum(model, loss_fn, batches, leaves)
+        total = _grad_sum(model, loss_fn, batches, leaves, progress)
     return {
         name: (w.detach() * g).abs()
         for (name, w), g in zip(leaves.items(), total)
     }
 
 
-def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
-                 params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+def grasp_scores(
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Iterable[Any],
+        params: Mapping[str, Tensor],
+        progress: Optional[Callable[[str, float], None]] = None
+) -> Dict[str, Tensor]:
     """GraSP (gradient signal preservation), signed so that high is kept.
 
     With ``g = sum_b dL_b/dw`` (over all ``batches``, prunable weights only)
@@ -88,6 +111,9 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
         batches (Iterable): Batches passed to ``loss_fn``.
         params (Mapping[str, Tensor]): Prunable weights by name.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every gradient and Hessian-gradient batch. Defaults to
+            None.
 
     Returns:
         dict[str, Tensor]: ``w * Hg`` per weight, detached.
@@ -95,17 +121,19 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Iterable[Any],
     batches = as_batch_list(batches)
     leaves = _leaves(params)
     hessian_grad = [torch.zeros_like(w) for w in leaves.values()]
+    total = 2 * len(batches)
     with preserved_state(model):
-        grad_sum = _grad_sum(model, loss_fn, batches, leaves)
-        for batch in batches:
+        grad_sum = _grad_sum(model, loss_fn, batches, leaves, progress,
+                             total)
+        for i, batch in enumerate(batches, len(batches) + 1):
             loss = scalar_loss(
                 call_with_tensors(model, leaves, loss_fn, batch))
             grads = _grads(loss, leaves, create_graph=True)
             dot = sum((g * g0).sum() for g, g0 in zip(grads, grad_sum))
-            if not dot.requires_grad:  # gradient constant in w: Hg = 0
-                continue
-            for acc, hg in zip(hessian_grad, _grads(dot, leaves)):
-                acc.add_(hg)
+            if dot.requires_grad:  # else the gradient is constant: Hg = 0
+                for acc, hg in zip(hessian_grad, _grads(dot, leaves)):
+                    acc.add_(hg)
+            _report(progress, i, total, 'gradient / Hessian batch')
     return {
         name: w.detach() * hg
         for (name, w), hg in zip(leaves.items(), hessian_grad)

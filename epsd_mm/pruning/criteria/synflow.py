@@ -55,7 +55,9 @@ def synflow_scores(model: nn.Module,
                                                  Any]] = None,
                    sparsity: Optional[float] = None,
                    rounds: int = 1,
-                   dtype: torch.dtype = torch.float64) -> Dict[str, Tensor]:
+                   dtype: torch.dtype = torch.float64,
+                   progress: Optional[Callable[[str, float], None]] = None
+                   ) -> Dict[str, Tensor]:
     """SynFlow scores ``|w * dR/dw|`` (Tanaka et al., 2020), data-free.
 
     Every floating-point parameter and buffer is replaced by its absolute
@@ -94,6 +96,8 @@ def synflow_scores(model: nn.Module,
         rounds (int): Number of scoring rounds ``n``. Defaults to 1.
         dtype (torch.dtype): Dtype of the computation. Defaults to
             ``torch.float64``.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every round. Defaults to None.
 
     Returns:
         dict[str, Tensor]: Non-negative scores of the last round, detached.
@@ -132,6 +136,8 @@ def synflow_scores(model: nn.Module,
                 torch.zeros_like(w) if g is None else (w.detach() * g).abs()
                 for (name, w), g in zip(leaves.items(), grads)
             }
+            if progress is not None:
+                progress(f'round {k}/{rounds}', k / rounds)
             if k < rounds:
                 density = (1.0 - sparsity)**(k / rounds)
                 masks = select_masks(

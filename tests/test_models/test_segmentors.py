@@ -1,5 +1,5 @@
-"""SelfDistillSegmentor: mmseg's EncoderDecoder with DLB / PS-KD / CS-KD,
-on the real demo data, pipeline and data preprocessor."""
+"""SelfDistillSegmentor: mmseg segmentors with DLB / PS-KD / CS-KD, on the
+real demo data, pipeline and data preprocessor."""
 import copy
 import math
 
@@ -13,7 +13,7 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 
 from epsd_mm.losses import CSKDLoss, DLBLoss, PSKDLoss
-from epsd_mm.models import SelfDistillSegmentor
+from epsd_mm.models import CSKD, DLB, PSKD, SelfDistillSegmentorMixin
 from epsd_mm.pruning import get_masks, prunable_parameters
 from epsd_mm.registry import MODELS
 
@@ -23,10 +23,10 @@ TASK_KEYS = {'decode.loss_ce', 'decode.acc_seg', 'aux.loss_ce', 'aux.acc_seg'}
 # --------------------------------------------------------------------------
 # Helpers: tiny model and real preprocessed batches
 # --------------------------------------------------------------------------
-def build_model(cfg, sd_loss='keep', seed=0):
+def build_model(cfg, sd='keep', seed=0):
     model_cfg = copy.deepcopy(cfg.model)
-    if sd_loss != 'keep':
-        model_cfg.sd_loss = sd_loss
+    if sd != 'keep':
+        model_cfg.sd = sd
     torch.manual_seed(seed)
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         model = MODELS.build(model_cfg)
@@ -111,31 +111,50 @@ def manual_dlb(now, prev, labels, temperature, align_corners=False):
 # --------------------------------------------------------------------------
 def test_builds_from_demo_config(det_cfg):
     model = build_model(det_cfg)
-    assert type(model) is SelfDistillSegmentor
+    assert type(model).__name__ == 'SelfDistillEncoderDecoder'
     assert isinstance(model, EncoderDecoder)
-    assert isinstance(model.sd_loss, DLBLoss) and model.sd_method == 'dlb'
-    assert model.sd_loss.temperature == 3.0
+    assert isinstance(model, SelfDistillSegmentorMixin)
+    assert isinstance(model.sd, DLB) and isinstance(model.sd.loss, DLBLoss)
+    assert model.sd.loss.temperature == 3.0
     # SD state is not part of the module tree / checkpoints
     keys = set(model.state_dict())
-    assert not any('sd_loss' in k or 'teacher' in k or 'dlb' in k
-                   for k in keys)
-    assert set(keys) == set(
-        build_model(det_cfg, sd_loss=None).state_dict())
+    assert not any('sd' in k.split('.')[0] or 'teacher' in k for k in keys)
+    assert set(keys) == set(build_model(det_cfg, sd=None).state_dict())
 
 
-@pytest.mark.parametrize('sd_loss, cls, method', [
-    (dict(type='PSKDLoss', alpha_T=0.8), PSKDLoss, 'pskd'),
-    (dict(type='CSKDLoss'), CSKDLoss, 'cskd'),
+@pytest.mark.parametrize('sd, method_cls, loss_cls', [
+    (dict(type='PSKD', loss=dict(alpha_T=0.5)), PSKD, PSKDLoss),
+    (dict(type='CSKD'), CSKD, CSKDLoss),
     (None, type(None), None),
 ])
-def test_sd_loss_built_in_our_scope(det_cfg, sd_loss, cls, method):
+def test_sd_method_built_in_our_scope(det_cfg, sd, method_cls, loss_cls):
     # the model dict carries _scope_='mmseg' (inherited from mmseg::), yet
-    # the SD loss is found in epsd_mm's registry
+    # the SD method and its loss are found in epsd_mm's registries
     assert det_cfg.model._scope_ == 'mmseg'
-    model = build_model(det_cfg, sd_loss=sd_loss)
-    assert type(model.sd_loss) is cls
-    assert model.sd_method == method
-    assert model.sd_enabled is (sd_loss is not None)
+    model = build_model(det_cfg, sd=sd)
+    assert type(model.sd) is method_cls
+    assert model.sd_enabled is (sd is not None)
+    if loss_cls is not None:
+        assert type(model.sd.loss) is loss_cls
+    if method_cls is PSKD:  # loss options merge over the method's default
+        assert model.sd.loss.alpha_T == 0.5
+
+
+def test_old_sd_loss_key_explains_the_new_one(det_cfg):
+    model_cfg = copy.deepcopy(det_cfg.model)
+    model_cfg.pop('sd')
+    model_cfg.sd_loss = dict(type='DLBLoss')
+    with pytest.raises(TypeError, match=r"sd=dict\(type='DLB'"):
+        with DefaultScope.overwrite_default_scope('epsd_mm'):
+            MODELS.build(model_cfg)
+
+
+def test_cascade_config_with_plain_segmentor_type_explains(det_cfg):
+    model_cfg = copy.deepcopy(det_cfg.model)
+    model_cfg.num_stages = 2
+    with pytest.raises(TypeError, match='CascadeEncoderDecoder'):
+        with DefaultScope.overwrite_default_scope('epsd_mm'):
+            MODELS.build(model_cfg)
 
 
 # --------------------------------------------------------------------------
@@ -155,7 +174,7 @@ def test_dlb_second_pass_reuses_exact_previous_batch(det_cfg):
     assert losses1['loss_dlb'].requires_grad
     sgd_step(model, losses1)  # the predictions on batch 1 change
     assert torch.equal(capture.inputs[0], inputs1)
-    prev_inputs, prev_samples, prev_logits = model.__dict__['_dlb_prev']
+    prev_inputs, prev_samples, prev_logits = model.sd.get_state()
     assert torch.equal(prev_inputs, inputs1)
     assert prev_samples == list(samples1)
     # the soft targets are exactly what the model predicted in that call
@@ -176,7 +195,7 @@ def test_dlb_second_pass_reuses_exact_previous_batch(det_cfg):
     assert losses2['loss_dlb'].item() == pytest.approx(
         expected.item(), rel=1e-4)
     # state moved on to batch 2
-    prev_inputs, prev_samples, prev_logits = model.__dict__['_dlb_prev']
+    prev_inputs, prev_samples, prev_logits = model.sd.get_state()
     assert torch.equal(prev_inputs, inputs2)
     assert torch.equal(prev_logits, capture.logits[1][:2])
     # the task losses cover both halves (DLB paper): 4 samples' labels
@@ -196,11 +215,11 @@ def test_dlb_excludes_ignore_pixels(det_cfg):
     inputs1, samples1 = preprocess(model, data[0])
     inputs2, samples2 = preprocess(model, data[1])
     sgd_step(model, model.loss(inputs1, samples1))
-    prev_inputs, prev_samples, prev_logits = model.__dict__['_dlb_prev']
+    prev_inputs, prev_samples, prev_logits = model.sd.get_state()
     prev_samples[0].gt_sem_seg.data[:] = 255  # image 0: all ignored
 
     def dlb_with_targets(targets):
-        model.__dict__['_dlb_prev'] = (prev_inputs, prev_samples, targets)
+        model.sd.set_state((prev_inputs, prev_samples, targets))
         with torch.no_grad():
             return model.loss(inputs2, samples2)['loss_dlb'].item()
 
@@ -229,9 +248,9 @@ def test_dlb_restarts_when_input_size_changes(det_cfg):
             sample.set_metainfo(dict(img_shape=(32, 32), pad_shape=(32, 32)))
         losses = model.loss(small, samples1)
     assert losses['loss_dlb'].item() == 0
-    assert model.__dict__['_dlb_prev'][0].shape == (2, 3, 32, 32)
-    model.reset_sd_state()
-    assert model.__dict__['_dlb_prev'] is None
+    assert model.sd.get_state()[0].shape == (2, 3, 32, 32)
+    model.sd.reset()
+    assert model.sd.get_state() is None
 
 
 def test_dlb_alignment_through_runner_with_random_aug(tiny_cfg):
@@ -261,16 +280,15 @@ def test_dlb_alignment_through_runner_with_random_aug(tiny_cfg):
 # PS-KD
 # --------------------------------------------------------------------------
 def test_pskd_replaces_decode_ce_keeps_aux(det_cfg):
-    model = build_model(det_cfg, sd_loss=dict(type='PSKDLoss', alpha_T=0.8))
+    model = build_model(det_cfg, sd=dict(type='PSKD'))
     model.eval()
     inputs, samples = preprocess(model, batches(det_cfg)[0])
     with pytest.raises(RuntimeError, match='SelfDistillHook'):
         model.loss(inputs, samples)
 
-    teacher = build_model(
-        det_cfg, sd_loss=dict(type='PSKDLoss'), seed=1).eval()
-    model.set_sd_teacher(teacher)
-    model.sd_progress = 0.0
+    teacher = build_model(det_cfg, sd=None, seed=1).eval()
+    model.sd.teacher = teacher
+    model.sd.progress = 0.0
     with torch.no_grad():
         losses = model.loss(inputs, samples)
         with model.sd_disabled():
@@ -286,7 +304,7 @@ def test_pskd_replaces_decode_ce_keeps_aux(det_cfg):
         plain['decode.loss_ce'].item(), rel=1e-5)
 
     # later in training the teacher's predictions enter the target
-    model.sd_progress = 1.0
+    model.sd.progress = 1.0
     with torch.no_grad():
         late = model.loss(inputs, samples)['loss_pskd'].item()
         logits = model.sd_forward(inputs)[0]
@@ -307,7 +325,7 @@ def test_pskd_replaces_decode_ce_keeps_aux(det_cfg):
 # CS-KD
 # --------------------------------------------------------------------------
 def test_cskd_anchor_partner_batches(det_cfg):
-    model = build_model(det_cfg, sd_loss=dict(type='CSKDLoss'))
+    model = build_model(det_cfg, sd=dict(type='CSKD'))
     model.eval()
     data = batches(det_cfg, batch_size=4)
     inputs, samples = preprocess(model, data[0])
@@ -327,7 +345,7 @@ def test_cskd_anchor_partner_batches(det_cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(losses['loss_cskd'], params, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
-    expected = model.sd_loss(
+    expected = model.sd.loss(
         model.sd_align_logits(capture.logits[0], samples[0::2]),
         model.sd_align_logits(capture.logits[1], samples[1::2]),
         model.sd_labels(samples[0::2]), model.sd_labels(samples[1::2]))
@@ -343,8 +361,8 @@ def test_cskd_anchor_partner_batches(det_cfg):
 # --------------------------------------------------------------------------
 def _plain_encoder_decoder(cfg, state_dict):
     plain_cfg = copy.deepcopy(cfg.model)
-    plain_cfg.pop('sd_loss')
-    plain_cfg.type = 'EncoderDecoder'  # mmseg's, in the _scope_ mmseg
+    plain_cfg.pop('sd')
+    plain_cfg.type = plain_cfg.pop('segmentor_type')
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         plain = MODELS.build(plain_cfg)
     assert type(plain) is EncoderDecoder
@@ -362,8 +380,8 @@ def test_sd_disabled_and_plain_model_equal_mmseg(det_cfg):
             assert model.sd_enabled is False
             losses = model.loss(inputs, samples)
         assert model.sd_enabled is True
-        assert model.__dict__['_dlb_prev'] is None  # no DLB state touched
-        no_sd = build_model(det_cfg, sd_loss=None).eval()
+        assert model.sd.get_state() is None  # no DLB state touched
+        no_sd = build_model(det_cfg, sd=None).eval()
         no_sd.load_state_dict(model.state_dict())
         no_sd_losses = no_sd.loss(inputs, samples)
     assert set(losses) == set(expected) == set(no_sd_losses) == TASK_KEYS
@@ -400,10 +418,11 @@ SD_RUNS = {
     'dlb': ({}, 'loss_dlb'),
     # as configs/deeplab_voc/epsd_pskd.py and epsd_cskd.py do it
     'pskd': ({
-        'model.sd_loss': dict(_delete_=True, type='PSKDLoss', alpha_T=0.8)
+        'model.sd': dict(_delete_=True, type='PSKD')
     }, 'loss_pskd'),
     'cskd': ({
-        'model.sd_loss': dict(_delete_=True, type='CSKDLoss', temperature=4.0),
+        'model.sd': dict(
+            _delete_=True, type='CSKD', loss=dict(temperature=4.0)),
         'train_dataloader.batch_size': 4,
         'train_dataloader.sampler': dict(
             _delete_=True, type='epsd_mm.ClassPairSampler', shuffle=True),
@@ -430,7 +449,7 @@ def test_sd_method_trains_pruned_network(tiny_cfg, helpers, tmp_path,
     runner.register_hook(RecordBatches())
     runner.train()
     model = runner.model
-    assert model.sd_method == method
+    assert type(model.sd).__name__ == method.upper()
     masks = get_masks(model)
     prunable = prunable_parameters(model)
     total = sum(p.numel() for p in prunable.values())
