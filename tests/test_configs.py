@@ -73,6 +73,7 @@ def test_config_builds(rel_path):
 VOC_VARIANTS = {
     # config: (criterion, scoring loss, SD method) -- None: no pruning
     'configs/epsd_deeplab_voc.py': ('prospr', 'sd', 'DLB'),
+    'configs/deeplab_voc/epsd_dlb.py': ('prospr', 'sd', 'DLB'),
     'configs/deeplab_voc/dense.py': (None, None, None),
     'configs/deeplab_voc/dense_sd.py': (None, None, 'DLB'),
     'configs/deeplab_voc/epsd_pskd.py': ('prospr', 'sd', 'PSKD'),
@@ -129,3 +130,18 @@ def test_demo_config_is_cpu_sized():
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert cfg.model.data_preprocessor.size == (96, 96)
     assert cfg.default_hooks.pruning.type == 'epsd_mm.EarlyPruningHook'
+
+
+def test_user_config_inherits_ours_through_the_package(tmp_path):
+    """Configs are MIM package data: a user's config inherits
+    ``epsd_mm::...`` the way it inherits ``mmseg::...``."""
+    user = tmp_path / 'my_epsd.py'
+    # MMEngine requires a folder: `epsd_mm::deeplab_voc/epsd_dlb.py` is
+    # configs/epsd_deeplab_voc.py under a name it resolves
+    user.write_text("_base_ = ['epsd_mm::deeplab_voc/epsd_dlb.py']\n"
+                    'default_hooks = dict(pruning=dict(sparsity=0.8))\n')
+    cfg = Config.fromfile(str(user))
+    assert cfg.default_hooks.pruning.type == 'epsd_mm.EarlyPruningHook'
+    assert cfg.default_hooks.pruning.sparsity == 0.8
+    assert cfg.model.sd.type == 'DLB'
+    assert cfg.model.decode_head.type == 'ASPPHead'  # from mmseg:: below

@@ -48,11 +48,22 @@ fi
 echo "[setup_env] installing pinned requirements and epsd_mm (editable)"
 "${PIP[@]}" install --find-links "$wheel_dir" --no-build-isolation -r "$REQ"
 "${PIP[@]}" install --no-build-isolation --no-deps -e "$ROOT"
+# MMEngine resolves `epsd_mm::x.py` configs under <location of the
+# distribution>/epsd_mm/.mim/configs; an editable (PEP 660) install keeps its
+# metadata in site-packages but the code in the repo, so point that path at
+# the repo (setup.py symlinked epsd_mm/.mim/configs to configs/).
+site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ln -sfn "$ROOT/epsd_mm" "$site/epsd_mm"
 "$PY" - <<'PYCHECK'
 import mmseg.models, mmdet.models, mmpretrain.models  # noqa: F401
 import torch_pruning, onnxruntime  # noqa: F401
 from mmcv.ops import roi_align  # noqa: F401
 import epsd_mm  # noqa: F401
-print('[setup_env] OpenMMLab stack with mmcv ops imports fine')
+from mmengine.config.utils import _get_external_cfg_base_path
+from mmengine.utils import get_installed_path
+_get_external_cfg_base_path(get_installed_path('epsd_mm'),
+                            'deeplab_voc/epsd_dlb.py')
+print('[setup_env] OpenMMLab stack with mmcv ops imports fine; '
+      'epsd_mm:: configs resolve')
 PYCHECK
 echo "$stamp" > "$VENV/.epsd_stamp"

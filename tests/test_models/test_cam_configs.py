@@ -23,6 +23,7 @@ PLAIN = 'DefaultSampler'
 # config -> (model.sd, train sampler, pruning hook overrides or None)
 EXPECTED = {
     'epsd_cam_cub.py': (CSKD, PAIRS, {}),
+    'cam_cub/epsd_cskd.py': (CSKD, PAIRS, {}),
     'cam_cub/dense.py': (None, PLAIN, None),
     'cam_cub/dense_sd.py': (CSKD, PAIRS, None),
     'cam_cub/simple_combination.py': (CSKD, PAIRS, dict(loss='task')),
