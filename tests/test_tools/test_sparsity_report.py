@@ -33,7 +33,9 @@ def test_table_and_plot_of_a_pruned_checkpoint(tmp_path):
     masks = select_masks(random_scores(prunable_parameters(net)), 0.8)
     apply_masks(net, masks)
     ckpt = tmp_path / 'iter_1.pth'
-    torch.save(dict(meta=dict(), state_dict=net.state_dict()), ckpt)
+    meta = dict(epsd_pruning=dict(EarlyPruningHook=dict(
+        config=dict(sparsity=0.8), progress={})))
+    torch.save(dict(meta=meta, state_dict=net.state_dict()), ckpt)
 
     out = tmp_path / 'density.png'
     result = _run(str(ckpt), '--out', str(out))
@@ -41,6 +43,7 @@ def test_table_and_plot_of_a_pruned_checkpoint(tmp_path):
     expected = format_sparsity_table(sparsity_stats(net))
     assert expected in result.stdout
     assert '80.00%' in expected.splitlines()[-1]
+    assert 'target sparsity: 0.8000' in result.stdout
     with Image.open(out) as image:
         assert image.width > 100 and image.height > 100
 
@@ -50,4 +53,4 @@ def test_unpruned_checkpoint_is_refused(tmp_path):
     torch.save(dict(state_dict=Net().state_dict()), ckpt)
     result = _run(str(ckpt))
     assert result.returncode != 0
-    assert 'EarlyPruningHook' in result.stderr
+    assert 'holds no pruning masks' in result.stderr

@@ -1,12 +1,15 @@
 """Per-layer sparsity of a pruned checkpoint: a table and a density bar plot.
 
+The plot shows every layer's kept fraction (value printed on its bar) and,
+when the checkpoint records how it was pruned, the target density.
+
 Example:
     python tools/analysis/sparsity_report.py work_dirs/epsd/iter_20000.pth \
         --out work_dirs/epsd/density.png
 """
 import argparse
 import os.path as osp
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
 
@@ -15,31 +18,48 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mmengine.runner import CheckpointLoader  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-import epsd_mm  # noqa: F401,E402  allow-lists MMEngine checkpoint globals
-from epsd_mm.pruning import (MASK_SUFFIX, LayerSparsity,  # noqa: E402
-                             format_sparsity_table, sparsity_stats)
+from epsd_mm.engine.hooks.mask_hook import META_KEY  # noqa: E402
+from epsd_mm.pruning import (LayerSparsity, check_masked_state_dict,  # noqa
+                             format_sparsity_table, masked_param_names,
+                             rename_legacy_mask_keys, sparsity_stats)
+from epsd_mm.utils import register_checkpoint_safe_globals  # noqa: E402
 
 
-def checkpoint_weights(path: str) -> Dict[str, Tensor]:
-    """The masked weights of a checkpoint, with pruned entries zeroed."""
+def load_pruned(path: str) -> Tuple[Dict[str, Tensor], Optional[float]]:
+    """The masked weights of a checkpoint and its target sparsity, if the
+    checkpoint records one."""
+    register_checkpoint_safe_globals()
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     state = checkpoint.get('state_dict', checkpoint)
-    weights = {
-        key[:-len(MASK_SUFFIX)]: state[key[:-len(MASK_SUFFIX)]]
-        for key in state if key.endswith(MASK_SUFFIX)
-    }
+    rename_legacy_mask_keys(state)
+    check_masked_state_dict(state, path)
+    weights = {name: state[name] for name in masked_param_names(state)}
     if not weights:
         raise ValueError(
-            f'{path} holds no "*{MASK_SUFFIX}" buffers: it was not pruned by '
-            'epsd_mm (train with EarlyPruningHook in default_hooks).')
-    return weights
+            f'{path} holds no pruning masks: it was not pruned by epsd_mm '
+            '(train with EarlyPruningHook or GradualPruningHook in '
+            'default_hooks).')
+    records = checkpoint.get('meta', {}).get(META_KEY, {})
+    targets = [r['config']['sparsity'] for r in records.values()
+               if 'sparsity' in r.get('config', {})]
+    return weights, (max(targets) if targets else None)
 
 
-def plot_density(stats: List[LayerSparsity], out: str) -> None:
-    """Horizontal bar plot of the kept fraction of every layer."""
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.22 * len(stats))))
+def plot_density(stats: List[LayerSparsity], out: str,
+                 target: Optional[float]) -> None:
+    """Horizontal bars of every layer's kept fraction, values on the bars,
+    and the target density as a line."""
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.24 * len(stats))))
     names = [s.name.rsplit('.weight', 1)[0] for s in stats]
-    ax.barh(range(len(stats)), [s.density for s in stats], color='tab:blue')
+    densities = [s.density for s in stats]
+    bars = ax.barh(range(len(stats)), densities, color='tab:blue')
+    ax.bar_label(bars, labels=[f'{d:.3f}' for d in densities], fontsize=6,
+                 padding=2)
+    if target is not None:
+        ax.axvline(1 - target, color='tab:red', linestyle='--',
+                   label=f'target density {1 - target:.3f} '
+                   f'(sparsity {target:.3f})')
+        ax.legend(loc='lower right', fontsize=7)
     ax.set_yticks(range(len(stats)), names, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -56,12 +76,14 @@ def main() -> None:
     parser.add_argument(
         '--out', help='PNG path (default: next to the checkpoint)')
     args = parser.parse_args()
-    weights = checkpoint_weights(args.checkpoint)
+    weights, target = load_pruned(args.checkpoint)
     # A weight's zeros are its pruned entries (plus any exact zeros).
     stats = sparsity_stats({name: w != 0 for name, w in weights.items()})
     print(format_sparsity_table(stats))
+    if target is not None:
+        print(f'target sparsity: {target:.4f}')
     out = args.out or osp.splitext(args.checkpoint)[0] + '_density.png'
-    plot_density(stats, out)
+    plot_density(stats, out, target)
     print(f'density plot written to {out}')
 
 
