@@ -45,8 +45,9 @@ def channel_sums(values: Mapping[str, Tensor],
     """
     members = [m for m in group.members if m.is_filter or not filters_only]
     if not members:
-        raise ValueError(f'channel group {group.name!r} has no parameter '
-                         f'entries to score{" (filters)" if filters_only else ""}')
+        what = 'filters' if filters_only else 'parameter entries'
+        raise ValueError(
+            f'channel group {group.name!r} has no {what} to score')
     first = values[members[0].param]
     total = torch.zeros(
         group.num_channels, dtype=first.dtype, device=first.device)

@@ -30,6 +30,10 @@ CHANNEL_TYPES: Tuple[type, ...] = (_ConvNd, nn.Linear, _BatchNorm,
 #: scored and removed.
 ROOT_TYPES: Tuple[type, ...] = (_ConvNd, nn.Linear)
 
+# A group reaching an unwrapped parameter cannot be described by the slim
+# spec; one reaching an output of the traced forward has a fixed width.
+_UNCUTTABLE = (tp.ops.OPTYPE.PARAMETER, tp.ops.OPTYPE.OUTPUT)
+
 ForwardFn = Callable[[nn.Module, Any], Any]
 
 
@@ -91,8 +95,9 @@ class ChannelGraph:
     kept only if every layer whose output channels it cuts lies inside the
     scopes. Layers outside (e.g. the decode head) are never cut, but their
     input channels are adapted when the channels feeding them are removed.
-    A group whose channels reach an unwrapped ``nn.Parameter`` (e.g. a
-    ViT's position embedding) is left out.
+    A group whose channels reach an output of the traced forward (e.g. the
+    logits of a classifier in scope) or an unwrapped ``nn.Parameter`` (e.g.
+    a ViT's position embedding) is left out.
 
     Tracing runs one forward of ``forward_fn(model, example_inputs)`` (or
     ``model(example_inputs)``) with autograd on; it must reach every
@@ -190,8 +195,8 @@ class ChannelGraph:
 
     def _describe(self, tp_group: tp.Group,
                   names: Dict[nn.Module, str]) -> Optional[ChannelGroup]:
-        """A :class:`ChannelGroup` of a torch-pruning group, or None if the
-        group touches an unwrapped parameter."""
+        """A :class:`ChannelGroup` of a torch-pruning group, or None if it
+        reaches an output or an unwrapped parameter."""
         root = tp_group[0].dep.target.module
         num_channels = self.graph.get_out_channels(root)
         members: List[ChannelMember] = []
@@ -199,7 +204,7 @@ class ChannelGraph:
         consumers: List[str] = []
         for item in tp_group:
             module = item.dep.target.module
-            if isinstance(module, nn.Parameter):
+            if item.dep.target.type in _UNCUTTABLE:
                 return None
             if module not in names:  # torch-pruning's op placeholders
                 continue
