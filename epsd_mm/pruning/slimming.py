@@ -16,8 +16,9 @@ replays it on a freshly built dense model, after which the slim state dict
 loads. Only the shapes are replayed (the kept channels' weights come from
 the state dict), so no tracing and no example input are needed.
 
-torch-pruning replaces the pruned ``nn.Parameter`` objects: an optimizer (or
-DDP wrapper) built before slimming must be rebuilt afterwards.
+torch-pruning replaces the pruned ``nn.Parameter`` objects: an optimizer
+built before slimming must be pointed at the new ones
+(:func:`rebind_optimizer`), and a DDP wrapper rebuilt.
 """
 from typing import Dict, List, Mapping, Tuple
 
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch import Tensor
+from torch.optim import Optimizer
 
 from .channels import CHANNEL_TYPES, ChannelGraph
 from .masks import get_masks
@@ -124,6 +126,48 @@ def slim_channels(graph: ChannelGraph, keep: Mapping[str,
                 out_channels=[out_dense, out_slim],
                 in_channels=[in_dense, in_slim])
     return dict(format=SPEC_FORMAT, version=SPEC_VERSION, layers=layers)
+
+
+def rebind_optimizer(optimizer: Optimizer, before: Mapping[str, Tensor],
+                     model: nn.Module) -> None:
+    """Point an optimizer built before slimming at the slim parameters.
+
+    Each parameter of the optimizer's groups is replaced by the model's
+    current parameter of the same name; group options (lr, weight decay,
+    ...) and anything holding the optimizer (e.g. LR schedulers) stay as
+    they are. Only valid before the first step: optimizer state (momentum)
+    of the dense tensors cannot be carried over.
+
+    Args:
+        optimizer (Optimizer): The optimizer (for an MMEngine
+            ``OptimWrapper`` pass ``optim_wrapper.optimizer``).
+        before (Mapping[str, Tensor]): ``dict(model.named_parameters())``
+            taken before slimming.
+        model (nn.Module): The slim model.
+
+    Raises:
+        ValueError: If the optimizer has state or holds a parameter not in
+            ``before``.
+    """
+    names = {id(p): name for name, p in before.items()}
+    current = dict(model.named_parameters())
+    if any(optimizer.state.get(p) for g in optimizer.param_groups
+           for p in g['params']):
+        raise ValueError(
+            'the optimizer has already stepped (it holds state such as '
+            'momentum of the dense parameters); remove channels before the '
+            'first optimizer step, or build a new optimizer')
+    unknown = [
+        p for g in optimizer.param_groups for p in g['params']
+        if id(p) not in names
+    ]
+    if unknown:
+        raise ValueError(
+            f'{len(unknown)} optimizer parameter(s) are not among `before` '
+            '(the named parameters taken before slimming); pass '
+            'dict(model.named_parameters()) of the same model')
+    for group in optimizer.param_groups:
+        group['params'] = [current[names[id(p)]] for p in group['params']]
 
 
 def check_slim_spec(spec: Mapping) -> None:

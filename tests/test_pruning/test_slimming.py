@@ -16,7 +16,8 @@ from epsd_mm.pruning.channels import ChannelGraph
 from epsd_mm.pruning.masks import apply_masks
 from epsd_mm.pruning.slimming import (check_state_dict_shapes,
                                       format_slim_table, layer_channels,
-                                      rebuild_slim, slim_channels)
+                                      rebind_optimizer, rebuild_slim,
+                                      slim_channels)
 from epsd_mm.registry import MODELS
 
 
@@ -125,6 +126,30 @@ def test_slim_model_runs_in_all_modes(slimmed, batch):
     assert logits.shape[:2] == (2, 21)
     assert len(preds) == 2
     assert preds[0].pred_sem_seg.data.shape[-2:] == preds[0].ori_shape
+
+
+def test_optimizer_rebound_to_slim_parameters(cfg, batch):
+    model = build_model(cfg)
+    data = model.data_preprocessor(batch, training=True)
+    graph = ChannelGraph(model, data['inputs'][:1], seg_forward)
+    optimizer = torch.optim.SGD([
+        dict(params=model.backbone.parameters(), lr=0.01),
+        dict(params=model.decode_head.parameters(), lr=0.1)
+    ], momentum=0.9)
+    before = dict(model.named_parameters())
+    slim_channels(graph, random_keep(graph))
+    rebind_optimizer(optimizer, before, model)
+    assert [p for g in optimizer.param_groups for p in g['params']] == list(
+        model.backbone.parameters()) + list(model.decode_head.parameters())
+    assert [g['lr'] for g in optimizer.param_groups] == [0.01, 0.1]
+    start = model.backbone.stem[0].weight.detach().clone()
+    model.train()
+    loss, _ = model.parse_losses(model(**data, mode='loss'))
+    loss.backward()
+    optimizer.step()
+    assert not torch.equal(model.backbone.stem[0].weight, start)
+    with pytest.raises(ValueError, match='already stepped'):
+        rebind_optimizer(optimizer, dict(model.named_parameters()), model)
 
 
 def test_rebuild_and_load_round_trip(slimmed, cfg, batch):
