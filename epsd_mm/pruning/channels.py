@@ -262,6 +262,13 @@ class ChannelGraph:
         self.check_not_slimmed()
         return self._tp_groups[name]
 
+    def mark_slimmed(self) -> None:
+        """Record that channels were removed; frees the traced graph (it
+        holds the autograd graph of the example forward)."""
+        self.is_slimmed = True
+        self.graph = None
+        self._tp_groups = {}
+
     def check_not_slimmed(self) -> None:
         """Raise if channels were already removed (the groups are stale)."""
         if self.is_slimmed:

@@ -62,8 +62,7 @@ def layer_channels(model: nn.Module) -> Dict[str, Tuple[str, int, int]]:
     return counts
 
 
-def slim_channels(graph: ChannelGraph, keep: Mapping[str,
-                                                     Tensor]) -> dict:
+def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
     """Remove the channels that ``keep`` drops from ``graph.model``.
 
     Every group's dropped channels are cut from all its coupled layers, and
@@ -110,12 +109,15 @@ def slim_channels(graph: ChannelGraph, keep: Mapping[str,
         removed[name] = (~mask.bool()).nonzero().flatten().tolist()
 
     before = layer_channels(model)
-    for name, idxs in removed.items():
-        if idxs:
-            # Root indices are output channels of the root layer, which no
-            # other group changes, so each group is pruned as it was traced.
-            graph.torch_pruning_group(name).prune(idxs=idxs)
-    graph.is_slimmed = True
+    groups = {name: graph.torch_pruning_group(name) for name in removed}
+    try:
+        for name, idxs in removed.items():
+            if idxs:
+                # Root indices are output channels of the root layer, which
+                # no other group changes: each group is cut as it was traced.
+                groups[name].prune(idxs=idxs)
+    finally:
+        graph.mark_slimmed()  # even half-way, the groups are stale
     after = layer_channels(model)
     layers = {}
     for name, (type_name, out_dense, in_dense) in before.items():
