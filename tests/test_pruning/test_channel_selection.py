@@ -1,0 +1,98 @@
+"""select_channels: channel counts, ties, normalisation, empty groups."""
+import pytest
+import torch
+
+from epsd_mm.pruning.channel_selection import channel_sparsity, select_channels
+
+
+def scores(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        'stem': torch.rand(8, generator=gen),
+        'layer1': torch.rand(16, generator=gen),
+        'layer2': torch.rand(32, generator=gen),
+    }
+
+
+@pytest.mark.parametrize('sparsity', [0.0, 0.3, 0.5, 0.7])
+def test_global_exact_count_and_keeps_highest(sparsity):
+    s = scores()
+    keep = select_channels(s, sparsity)
+    assert sum(int(k.sum()) for k in keep.values()) == round((1 - sparsity) *
+                                                            56)
+    assert channel_sparsity(keep) == pytest.approx(
+        1 - round((1 - sparsity) * 56) / 56)
+    kept = torch.cat([s[n][k] for n, k in keep.items()])
+    dropped = torch.cat([s[n][~k] for n, k in keep.items()])
+    if len(dropped):
+        assert kept.min() >= dropped.max()
+    for name, k in keep.items():
+        assert k.dtype == torch.bool and k.shape == s[name].shape
+
+
+@pytest.mark.parametrize('sparsity', [0.25, 0.5, 0.7])
+def test_layerwise_keeps_same_fraction_per_group(sparsity):
+    s = scores()
+    keep = select_channels(s, sparsity, scope='layerwise')
+    for name, k in keep.items():
+        assert int(k.sum()) == round((1 - sparsity) * k.numel())
+        assert s[name][k].min() >= s[name][~k].max()
+
+
+def test_mean_normalisation_compares_within_groups():
+    # Raw global top-k would empty the small-valued group; normalised by
+    # their means both groups keep their relatively best channels.
+    s = {'small': torch.tensor([0.01, 0.02, 0.03, 0.04]),
+         'large': torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    with pytest.raises(ValueError, match='removes every channel of 1 group'):
+        select_channels(s, 0.5)
+    keep = select_channels(s, 0.5, normalize='mean')
+    assert keep['small'].tolist() == [False, False, True, True]
+    assert keep['large'].tolist() == [False, False, True, True]
+
+
+def test_ties_broken_by_position():
+    s = {'a': torch.ones(4), 'b': torch.ones(4)}
+    keep = select_channels(s, 0.5, min_density=0.25)
+    assert keep['a'].tolist() == [True, True, True, True]
+    assert keep['b'].tolist() == [True, False, False, False]
+    keep = select_channels(s, 0.5, scope='layerwise')
+    assert keep['a'].tolist() == keep['b'].tolist() == [
+        True, True, False, False
+    ]
+
+
+def test_min_density_floor():
+    s = {'weak': torch.full((10, ), 0.1), 'strong': torch.ones(10)}
+    keep = select_channels(s, 0.5, min_density=0.2)
+    assert int(keep['weak'].sum()) == 2
+    assert int(keep['strong'].sum()) == 10
+
+
+def test_emptied_group_raises_with_fix():
+    s = {'weak': torch.full((2, ), 0.1), 'strong': torch.ones(10)}
+    with pytest.raises(ValueError, match='min_density'):
+        select_channels(s, 0.5)
+    with pytest.raises(ValueError, match=r'of 1 group\(s\): a\.'):
+        select_channels({'a': torch.ones(1)}, 0.6, scope='layerwise')
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(sparsity=1.0), r'sparsity must be in \[0, 1\)'),
+    (dict(sparsity=0.5, scope='per_group'), 'scope'),
+    (dict(sparsity=0.5, normalize='max'), 'normalize'),
+    (dict(sparsity=0.5, min_density=2.0), 'min_density'),
+])
+def test_invalid_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        select_channels(scores(), **kwargs)
+
+
+def test_invalid_scores():
+    with pytest.raises(ValueError, match='empty'):
+        select_channels({}, 0.5)
+    with pytest.raises(ValueError, match='1-D .*select_masks'):
+        select_channels({'conv.weight': torch.rand(4, 3)}, 0.5)
+    with pytest.raises(ValueError, match=r'infinite in 1 group\(s\): b\.'):
+        select_channels({'a': torch.ones(3),
+                         'b': torch.tensor([1.0, float('nan')])}, 0.5)
