@@ -155,7 +155,7 @@ def channel_magnitude_scores(graph: ChannelGraph) -> ChannelScores:
     all coupled Conv/Linear layers of the group (biases and norm layers
     excluded); for a group of a single conv it is that filter's L1 norm.
     Not normalised: filters with a larger fan-in have larger norms, so
-    compare groups with ``scope='layerwise'`` or ``normalize='mean'`` in
+    compare groups with ``selection='layerwise'`` or ``normalize='mean'`` in
     :func:`~.channel_selection.select_channels`.
 
     Args:

@@ -62,7 +62,8 @@ def select_masks(scores: Mapping[str, Tensor],
                  sparsity: float,
                  selection: str = 'global',
                  min_density: float = 0.0,
-                 on_collapse: str = 'error') -> Dict[str, Tensor]:
+                 on_collapse: str = 'error',
+                 unit: str = 'weight') -> Dict[str, Tensor]:
     """Keep the highest-scored weights, pruning a fraction ``sparsity``.
 
     With ``selection='global'`` exactly ``round((1 - sparsity) * N)`` of all
@@ -91,6 +92,8 @@ def select_masks(scores: Mapping[str, Tensor],
         on_collapse (str): ``'error'`` or ``'allow'``; what to do when a
             layer would keep nothing and there is no floor. Defaults to
             ``'error'``.
+        unit (str): What one score stands for, in error messages
+            (``'weight'``, ``'channel'``). Defaults to ``'weight'``.
 
     Returns:
         dict[str, Tensor]: Bool keep-mask (True = kept) per weight name,
@@ -139,7 +142,7 @@ def select_masks(scores: Mapping[str, Tensor],
         collapsed = [name for name, m in masks.items() if not m.any()]
         if collapsed:
             raise ValueError(
-                f'sparsity {sparsity} prunes every weight of '
+                f'sparsity {sparsity} prunes every {unit} of '
                 f"{len(collapsed)} layer(s): {', '.join(collapsed)}. Keep a "
                 'floor per layer with min_density (e.g. min_density=0.01), '
                 "use selection='layerwise' (every layer keeps the same "

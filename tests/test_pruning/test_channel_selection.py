@@ -33,7 +33,7 @@ def test_global_exact_count_and_keeps_highest(sparsity):
 @pytest.mark.parametrize('sparsity', [0.25, 0.5, 0.7])
 def test_layerwise_keeps_same_fraction_per_group(sparsity):
     s = scores()
-    keep = select_channels(s, sparsity, scope='layerwise')
+    keep = select_channels(s, sparsity, selection='layerwise')
     for name, k in keep.items():
         assert int(k.sum()) == round((1 - sparsity) * k.numel())
         assert s[name][k].min() >= s[name][~k].max()
@@ -44,7 +44,7 @@ def test_mean_normalisation_compares_within_groups():
     # their means both groups keep their relatively best channels.
     s = {'small': torch.tensor([0.01, 0.02, 0.03, 0.04]),
          'large': torch.tensor([1.0, 2.0, 3.0, 4.0])}
-    with pytest.raises(ValueError, match='removes every channel of 1 group'):
+    with pytest.raises(ValueError, match='prunes every channel of 1 layer'):
         select_channels(s, 0.5)
     keep = select_channels(s, 0.5, normalize='mean')
     assert keep['small'].tolist() == [False, False, True, True]
@@ -56,7 +56,7 @@ def test_ties_broken_by_position():
     keep = select_channels(s, 0.5, min_density=0.25)
     assert keep['a'].tolist() == [True, True, True, True]
     assert keep['b'].tolist() == [True, False, False, False]
-    keep = select_channels(s, 0.5, scope='layerwise')
+    keep = select_channels(s, 0.5, selection='layerwise')
     assert keep['a'].tolist() == keep['b'].tolist() == [
         True, True, False, False
     ]
@@ -73,13 +73,13 @@ def test_emptied_group_raises_with_fix():
     s = {'weak': torch.full((2, ), 0.1), 'strong': torch.ones(10)}
     with pytest.raises(ValueError, match='min_density'):
         select_channels(s, 0.5)
-    with pytest.raises(ValueError, match=r'of 1 group\(s\): a\.'):
-        select_channels({'a': torch.ones(1)}, 0.6, scope='layerwise')
+    with pytest.raises(ValueError, match=r'of 1 layer\(s\): a\.'):
+        select_channels({'a': torch.ones(1)}, 0.6, selection='layerwise')
 
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(sparsity=1.0), r'sparsity must be in \[0, 1\)'),
-    (dict(sparsity=0.5, scope='per_group'), 'scope'),
+    (dict(sparsity=0.5, selection='per_group'), 'selection'),
     (dict(sparsity=0.5, normalize='max'), 'normalize'),
     (dict(sparsity=0.5, min_density=2.0), 'min_density'),
 ])
@@ -93,6 +93,6 @@ def test_invalid_scores():
         select_channels({}, 0.5)
     with pytest.raises(ValueError, match='1-D .*select_masks'):
         select_channels({'conv.weight': torch.rand(4, 3)}, 0.5)
-    with pytest.raises(ValueError, match=r'infinite in 1 group\(s\): b\.'):
+    with pytest.raises(ValueError, match=r'infinite in 1 layer\(s\): b\.'):
         select_channels({'a': torch.ones(3),
                          'b': torch.tensor([1.0, float('nan')])}, 0.5)
