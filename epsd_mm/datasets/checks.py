@@ -160,6 +160,20 @@ def _check_split_list(where: str, dataset: BaseDataset) -> None:
             'sample name. Remove the blank lines.')
 
 
+def _check_heldout_unseen(train_paths: set, heldout: dict) -> None:
+    """Held-out samples (``split == 'heldout'`` in the data info, e.g. of
+    :class:`~epsd_mm.datasets.CUB200Dataset`) are not training samples."""
+    for where, paths in heldout.items():
+        seen = sorted(paths & train_paths)
+        if seen:
+            raise ValueError(
+                f'{where}: {len(seen)} of its {len(paths)} held-out images '
+                f'are also training images of train_dataloader, e.g. '
+                f'{seen[:MAX_EXAMPLES]}. Their scores would choose the CAM '
+                'threshold on images the model was trained on: give the '
+                'training dataset the same heldout_per_class.')
+
+
 def check_dataset_samples(cfg: Config,
                           loaders: Sequence[str] = DATALOADERS) -> None:
     """Check the samples of every dataset, cheaply, before a run.
@@ -176,7 +190,9 @@ def check_dataset_samples(cfg: Config,
     * for segmentation samples (``img_path`` and ``seg_map_path``, local
       files) every label map must exist and have its image's size, read from
       the file headers only (about 45 us per file with a warm file cache:
-      the 10.5k-image VOC aug set costs about a second).
+      the 10.5k-image VOC aug set costs about a second);
+    * samples that val/test datasets hold out of training (``split ==
+      'heldout'`` in their data info) must not be training samples.
 
     Args:
         cfg (Config): A training or testing config whose paths exist
@@ -185,6 +201,7 @@ def check_dataset_samples(cfg: Config,
             ``cfg`` are skipped). Defaults to all three.
     """
     start, seen, num_samples = time.perf_counter(), set(), 0
+    train_paths, heldout = set(), {}
     for where, dataset_cfg in loader_dataset_cfgs(cfg, loaders):
         key = repr({k: v for k, v in dataset_cfg.items() if k != 'pipeline'})
         if key in seen:  # e.g. test_dataloader = val_dataloader
@@ -199,6 +216,14 @@ def check_dataset_samples(cfg: Config,
             raise _empty_list_error(where, dataset)
         _check_label_sizes(where, dataset, data_list)
         num_samples += len(data_list)
+        if where.startswith('train_dataloader'):
+            train_paths.update(info.get('img_path') for info in data_list)
+        else:
+            heldout[where] = {
+                info.get('img_path')
+                for info in data_list if info.get('split') == 'heldout'
+            }
+    _check_heldout_unseen(train_paths, heldout)
     print_log(
         f'Data check: {num_samples} samples of {len(seen)} datasets '
         f'({", ".join(loaders)}) in {time.perf_counter() - start:.1f} s',

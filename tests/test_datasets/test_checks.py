@@ -8,6 +8,7 @@ from PIL import Image
 from epsd_mm.datasets.checks import (check_dataset_paths, check_datasets,
                                      read_image_size)
 from epsd_mm.datasets.config_datasets import set_data_root
+from epsd_mm.datasets.demo_cub import write_cub_demo
 from epsd_mm.datasets.demo_voc import write_voc_demo
 
 
@@ -162,3 +163,30 @@ def test_read_image_size(tmp_path, voc):
         read_image_size(str(bad))
     with pytest.raises(FileNotFoundError):
         read_image_size(str(tmp_path / 'missing.png'))
+
+
+# CUB: training must not see the images that choose the CAM threshold -------
+DEMO_CUB_CONFIG = osp.join(
+    osp.dirname(__file__), '../../configs/demo/epsd_cam_cub_demo.py')
+
+
+@pytest.fixture(scope='module')
+def cub_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('cub'))
+    write_cub_demo(root, num_classes=2, images_per_class=8, image_size=40)
+    return root
+
+
+def test_cub_config_holds_out_training_images(cub_root):
+    cfg = Config.fromfile(DEMO_CUB_CONFIG)
+    set_data_root(cfg, cub_root)
+    assert 'split' in cfg.val_dataloader.dataset.pipeline[-1].meta_keys
+    check_datasets(cfg, ('train_dataloader', 'val_dataloader'))
+    cfg.train_dataloader.dataset.heldout_per_class = 0
+    with pytest.raises(ValueError) as err:
+        check_datasets(cfg, ('train_dataloader', 'val_dataloader'))
+    # 5 per class of the 2 classes
+    assert 'val_dataloader.dataset: 10 of its 10 held-out images are also ' \
+        'training images' in str(err.value)
+    assert 'same heldout_per_class' in str(err.value)
+    check_datasets(cfg, ('test_dataloader', ))  # nothing to compare
