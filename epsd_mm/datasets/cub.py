@@ -14,6 +14,8 @@ from .checks import read_image_size
 
 #: One parsed line: its converted columns (without the id) and line number.
 Row = Tuple[tuple, int]
+#: The box annotation file.
+BOXES = 'bounding_boxes.txt'
 
 
 @DATASETS.register_module()
@@ -101,7 +103,8 @@ class CUB200Dataset(BaseDetDataset):
             data_root=data_root, data_prefix=data_prefix, **kwargs)
 
     def _where(self, filename: str, lineno: int) -> str:
-        """``'<data_root>/<filename>, line <lineno>'`` for error messages."""
+        """``'<data_root>/<filename>, line <lineno>'`` for error messages
+        (only built for an error: it resolves a file backend)."""
         return f'{join_path(self.data_root, filename)}, line {lineno}'
 
     def _read_table(self, filename: str,
@@ -130,11 +133,10 @@ class CUB200Dataset(BaseDetDataset):
             fields = line.split()
             if not fields:
                 continue
-            where = self._where(filename, lineno)
             if len(fields) != len(converters) + 1:
                 raise ValueError(
-                    f'{where}: expected {len(converters) + 1} '
-                    f'whitespace-separated columns, got {len(fields)} '
+                    f'{self._where(filename, lineno)}: expected '
+                    f'{len(converters) + 1} whitespace-separated columns, got {len(fields)} '
                     f'({line!r}). Fix or remove the line.')
             try:
                 key = int(fields[0])
@@ -143,13 +145,13 @@ class CUB200Dataset(BaseDetDataset):
                     for convert, field in zip(converters, fields[1:]))
             except ValueError:
                 raise ValueError(
-                    f'{where}: cannot parse {line!r}; the columns must be '
-                    f'an integer id followed by '
+                    f'{self._where(filename, lineno)}: cannot parse '
+                    f'{line!r}; the columns must be an integer id followed by '
                     f'{", ".join(c.__name__ for c in converters)}.') from None
             if key in rows:
                 raise ValueError(
-                    f'{where}: id {key} already appears on line '
-                    f'{rows[key][1]}. Remove the duplicate.')
+                    f'{self._where(filename, lineno)}: id {key} already '
+                    f'appears on line {rows[key][1]}. Remove the duplicate.')
             rows[key] = (values, lineno)
         return rows
 
@@ -218,28 +220,35 @@ class CUB200Dataset(BaseDetDataset):
             raise FileNotFoundError(img_path)
         return None
 
-    def _check_box(self, box: Tuple[float, ...], where: str) -> None:
+    def _box_error(self, box: Tuple[float, ...], lineno: int,
+                   problem: str) -> ValueError:
+        x, y, w, h = box
+        return ValueError(
+            f'{self._where(BOXES, lineno)}: box (x={x}, y={y}, width={w}, '
+            f'height={h}) {problem}')
+
+    def _check_box(self, box: Tuple[float, ...], lineno: int) -> None:
         """Finite, non-negative origin and positive size."""
         x, y, w, h = box
         if not all(math.isfinite(v) for v in box):
-            raise ValueError(
-                f'{where}: box (x={x}, y={y}, width={w}, height={h}) has a '
-                'non-finite value. Fix the box.')
+            raise self._box_error(box, lineno,
+                                  'has a non-finite value. Fix the box.')
         if x < 0 or y < 0 or w <= 0 or h <= 0:
-            raise ValueError(
-                f'{where}: box (x={x}, y={y}, width={w}, height={h}) must '
-                'have x, y >= 0 and width, height > 0. Fix the box.')
+            raise self._box_error(
+                box, lineno, 'must have x, y >= 0 and width, height > 0. '
+                'Fix the box.')
 
-    def _check_box_in_image(self, box: Tuple[float, ...], where: str,
+    def _check_box_in_image(self, box: Tuple[float, ...], lineno: int,
                             img_path: str, size: Tuple[int, int]) -> None:
+        """The box ends at most :attr:`BOX_TOLERANCE` past the image."""
         x, y, w, h = box
         width, height = size
         if (x + w > width + self.BOX_TOLERANCE
                 or y + h > height + self.BOX_TOLERANCE):
-            raise ValueError(
-                f'{where}: box (x={x}, y={y}, width={w}, height={h}) reaches '
-                f'({x + w}, {y + h}), outside the {width}x{height} image '
-                f'{img_path}. Fix the box (or the image).')
+            raise self._box_error(
+                box, lineno,
+                f'reaches ({x + w}, {y + h}), outside the {width}x{height} '
+                f'image {img_path}. Fix the box (or the image).')
 
     def load_data_list(self) -> List[dict]:
         """Parse and cross-check the annotation files.
@@ -257,11 +266,10 @@ class CUB200Dataset(BaseDetDataset):
         images = self._read_table('images.txt', (str, ))
         labels = self._read_table('image_class_labels.txt', (int, ))
         splits = self._read_table('train_test_split.txt', (int, ))
-        boxes = self._read_table('bounding_boxes.txt',
-                                 (float, float, float, float))
+        boxes = self._read_table(BOXES, (float, float, float, float))
         for table, filename in ((labels, 'image_class_labels.txt'),
                                 (splits, 'train_test_split.txt'),
-                                (boxes, 'bounding_boxes.txt')):
+                                (boxes, BOXES)):
             self._check_same_ids(images, table, filename)
 
         training = defaultdict(list)
@@ -278,7 +286,7 @@ class CUB200Dataset(BaseDetDataset):
                     f'class id {class_id} is not in classes.txt (ids '
                     f'1..{len(classes)}). Fix the label or add the class.')
             box, box_line = boxes[image_id]
-            self._check_box(box, self._where('bounding_boxes.txt', box_line))
+            self._check_box(box, box_line)
             if is_training:
                 training[class_id - 1].append(image_id)
         heldout = self._heldout_ids(training, classes) \
@@ -304,9 +312,7 @@ class CUB200Dataset(BaseDetDataset):
             if size is None:
                 remote = True
             else:
-                self._check_box_in_image(
-                    box, self._where('bounding_boxes.txt', box_line),
-                    img_path, size)
+                self._check_box_in_image(box, box_line, img_path, size)
             x, y, w, h = box
             label = labels[image_id][0][0] - 1
             data_list.append(
