@@ -61,8 +61,9 @@ class CUB200Dataset(BaseDetDataset):
     Args:
         data_root (str): The ``CUB_200_2011`` folder.
         split (str | Sequence[str]): ``'train'``, ``'heldout'`` or
-            ``'test'``, or several of them, e.g. ``('heldout', 'test')`` to
-            evaluate with the threshold protocol. Defaults to ``'train'``.
+            ``'test'``, or several of them, e.g. ``('test', 'heldout')`` to
+            evaluate with the threshold protocol; the samples are listed
+            split by split in this order. Defaults to ``'train'``.
         heldout_per_class (int): Training images per class held out of
             ``'train'`` into ``'heldout'``. Defaults to 0 (the official
             splits).
@@ -257,8 +258,9 @@ class CUB200Dataset(BaseDetDataset):
         loaded splits.
 
         Returns:
-            list[dict]: One data info per image of the splits, with
-            ``img_id``, ``img_path``, ``gt_label``, ``split`` and
+            list[dict]: One data info per image of the splits (split by
+            split in the order of ``split``, by image id within a split),
+            with ``img_id``, ``img_path``, ``gt_label``, ``split`` and
             ``instances``.
         """
         classes = self._load_classes()
@@ -327,6 +329,8 @@ class CUB200Dataset(BaseDetDataset):
                             bbox_label=label,
                             ignore_flag=0)
                     ]))
+        # split by split, in the order asked for (stable: image-id order)
+        data_list.sort(key=lambda info: self.splits.index(info['split']))
         if not data_list:
             raise ValueError(
                 f'{join_path(self.data_root, "train_test_split.txt")}: no '

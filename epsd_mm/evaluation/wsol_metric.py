@@ -39,7 +39,7 @@ class WSOLMetric(BaseMetric):
       (the protocol of Choe et al., "Evaluating Weakly Supervised Object
       Localization Methods Right", CVPR 2020). Samples are held out when
       their ``split`` metainfo is ``'heldout'``: evaluate on
-      ``CUB200Dataset(split=('heldout', 'test'), heldout_per_class=5)``
+      ``CUB200Dataset(split=('test', 'heldout'), heldout_per_class=5)``
       and add ``'split'`` to the ``meta_keys``. Without held-out samples
       these three are not reported and a warning says how to get them.
     * ``maxboxacc_v2@{30,50,70}`` and their mean ``maxboxacc_v2`` (Choe et
@@ -184,7 +184,7 @@ class WSOLMetric(BaseMetric):
             raise ValueError(
                 f'All {len(results)} evaluated images are held out '
                 "(split 'heldout'): evaluate on the test images too, e.g. "
-                "CUB200Dataset(split=('heldout', 'test')).")
+                "CUB200Dataset(split=('test', 'heldout')).")
         cls_correct = np.array([r['cls_correct'] for r in evaluated])
         cam_ious = np.stack([r['cam_ious'] for r in evaluated])
         fixed = _threshold_name(self.cam_threshold)
@@ -239,7 +239,7 @@ class WSOLMetric(BaseMetric):
             print_log(
                 'WSOLMetric: no held-out images (split "heldout"), so no '
                 'top1_loc@best / gt_known_loc@best: evaluate on '
-                "CUB200Dataset(split=('heldout', 'test'), heldout_per_class"
+                "CUB200Dataset(split=('test', 'heldout'), heldout_per_class"
                 "=5), train on heldout_per_class=5 too, and add 'split' to "
                 'the meta_keys of PackDetInputs (see '
                 'configs/_base_/datasets/cub_bs32.py).',

@@ -125,6 +125,14 @@ def test_heldout_split(demo_root):
         for i in range(len(evaluation))
     }
     assert {i for i, s in tagged.items() if s == 'heldout'} == _ids(heldout)
+    # listed split by split, in the order asked for
+    assert list(tagged.values()) == ['heldout'] * NUM_CLASSES + [
+        'test'
+    ] * NUM_CLASSES
+    reverse = CUB200Dataset(
+        data_root=demo_root, split=('test', 'heldout'), heldout_per_class=1)
+    assert [reverse.get_data_info(i)['split'] for i in range(len(reverse))
+            ] == ['test'] * NUM_CLASSES + ['heldout'] * NUM_CLASSES
     # deterministic: the middle one of each class's 3 training images
     by_class = {}
     for i in range(len(official)):
