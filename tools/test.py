@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
 from epsd_mm.datasets.checks import check_datasets
 from epsd_mm.datasets.config_datasets import set_data_root
+from epsd_mm.evaluation.config_checks import check_cam_threshold
 from epsd_mm.registry import RUNNERS
 from epsd_mm.utils import setup_cpu_distributed
 
@@ -86,6 +87,7 @@ def main() -> None:
         set_data_root(cfg, args.data_root)
     # only the data this run reads: no training data needed
     check_datasets(cfg, ('test_dataloader', ))
+    check_cam_threshold(cfg, ('test_evaluator', ))
     # torchrun on CPU-only machines (gloo): MMEngine would ask for CUDA
     setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:
