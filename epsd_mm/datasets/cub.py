@@ -137,8 +137,8 @@ class CUB200Dataset(BaseDetDataset):
             if len(fields) != len(converters) + 1:
                 raise ValueError(
                     f'{self._where(filename, lineno)}: expected '
-                    f'{len(converters) + 1} whitespace-separated columns, got {len(fields)} '
-                    f'({line!r}). Fix or remove the line.')
+                    f'{len(converters) + 1} whitespace-separated columns, '
+                    f'got {len(fields)} ({line!r}). Fix or remove the line.')
             try:
                 key = int(fields[0])
                 values = tuple(
