@@ -14,7 +14,9 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
-from epsd_mm.datasets.checks import check_dataset_paths
+from epsd_mm.datasets.checks import check_datasets
+from epsd_mm.datasets.config_datasets import set_data_root
+from epsd_mm.evaluation.config_checks import check_cam_threshold
 from epsd_mm.registry import RUNNERS
 from epsd_mm.utils import setup_cpu_distributed
 
@@ -37,12 +39,25 @@ def parse_args() -> argparse.Namespace:
         help='override some settings in the used config, the key-value pair '
         'in xxx=yyy format will be merged into config file.')
     parser.add_argument(
+        '--data-root',
+        help='the data_root of every dataset of the config (train, val and '
+        'test); the same as setting each dataset\'s data_root key with '
+        '--cfg-options')
+    parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
         default='none',
         help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    if args.cfg_options and 'data_root' in args.cfg_options:
+        # The config copied its data_root variable into every dataset when
+        # it was read; a top-level data_root would reach none of them.
+        parser.error(
+            '--cfg-options data_root=... does not reach the datasets (the '
+            'config copied data_root into each of them when it was read). '
+            'Use --data-root DIR, or set each dataset\'s key, e.g. '
+            'val_dataloader.dataset.data_root=DIR.')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
@@ -68,7 +83,11 @@ def main() -> None:
         cfg.test_evaluator.append(
             dict(type='DumpResults', out_file_path=args.out))
 
-    check_dataset_paths(cfg)
+    if args.data_root is not None:
+        set_data_root(cfg, args.data_root)
+    # only the data this run reads: no training data needed
+    check_datasets(cfg, ('test_dataloader', ))
+    check_cam_threshold(cfg, ('test_evaluator', ))
     # torchrun on CPU-only machines (gloo): MMEngine would ask for CUDA
     setup_cpu_distributed(cfg)
     if 'runner_type' not in cfg:

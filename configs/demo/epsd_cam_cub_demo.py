@@ -1,14 +1,15 @@
 # EPSD + CS-KD CAM localisation on the CUB-layout demo data, CPU size.
 # Write the data first: python tools/make_demo_data.py cub --out data/cub_demo
-# (4 classes x 40 images of 96 px: 120 train, 40 test)
+# (4 classes x 40 images of 96 px: 120 train, 40 test; 5 training images per
+# class are held out to choose the CAM threshold, so 100 train on)
 # Same method as configs/epsd_cam_cub.py; only the sizes, the data and the
 # schedule change: a thin ResNet-18 (base width 16, output stride 8, random
-# init), 96x96 inputs, 20 epochs of 15 iterations.
+# init), 96x96 inputs, 20 epochs of 13 iterations.
 _base_ = ['../epsd_cam_cub.py']
 
 data_root = 'data/cub_demo/'
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
-             'flip', 'flip_direction', 'gt_label')
+             'flip', 'flip_direction', 'gt_label', 'split')
 max_epochs = 20
 
 model = dict(

@@ -9,6 +9,7 @@ import torch
 from mmdet.structures.bbox import bbox_overlaps
 from mmengine.dataset import Compose
 
+from epsd_mm.datasets.checks import read_image_size
 from epsd_mm.datasets.cub import CUB200Dataset
 from epsd_mm.datasets.demo_cub import demo_class_name, write_cub_demo
 
@@ -82,8 +83,75 @@ def test_parse_splits_labels_boxes(demo_root):
 
 
 def test_unknown_split(demo_root):
-    with pytest.raises(ValueError, match="'train' or 'test'"):
-        CUB200Dataset(data_root=demo_root, split='val')
+    for split in ('val', ('test', 'val'), ()):
+        with pytest.raises(ValueError, match='one or several of'):
+            CUB200Dataset(data_root=demo_root, split=split)
+    with pytest.raises(ValueError, match='heldout_per_class must be'):
+        CUB200Dataset(data_root=demo_root, heldout_per_class=-1)
+    with pytest.raises(ValueError, match="'heldout' is empty"):
+        CUB200Dataset(data_root=demo_root, split='heldout')
+
+
+def _ids(dataset):
+    return {dataset.get_data_info(i)['img_id'] for i in range(len(dataset))}
+
+
+def test_heldout_split(demo_root):
+    """heldout_per_class moves that many training images per class into
+    'heldout' (with boxes); 'train' keeps the rest; nothing else changes."""
+    official = CUB200Dataset(data_root=demo_root, split='train')
+    train = CUB200Dataset(
+        data_root=demo_root, split='train', heldout_per_class=1)
+    heldout = CUB200Dataset(
+        data_root=demo_root, split='heldout', heldout_per_class=1)
+    evaluation = CUB200Dataset(
+        data_root=demo_root, split=('heldout', 'test'), heldout_per_class=1)
+    test = CUB200Dataset(data_root=demo_root, split='test')
+    assert len(heldout) == NUM_CLASSES and len(train) == NUM_CLASSES * (
+        PER_CLASS - 2)
+    assert not _ids(train) & _ids(heldout)
+    assert _ids(train) | _ids(heldout) == _ids(official)
+    assert sorted(heldout.get_cat_ids(i)[0]
+                  for i in range(len(heldout))) == list(range(NUM_CLASSES))
+    assert _ids(evaluation) == _ids(heldout) | _ids(test)
+    for dataset, split in ((train, 'train'), (heldout, 'heldout'),
+                           (test, 'test')):
+        infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+        assert {info['split'] for info in infos} == {split}
+        assert all(len(info['instances']) == 1 for info in infos)
+    tagged = {
+        evaluation.get_data_info(i)['img_id']:
+        evaluation.get_data_info(i)['split']
+        for i in range(len(evaluation))
+    }
+    assert {i for i, s in tagged.items() if s == 'heldout'} == _ids(heldout)
+    # listed split by split, in the order asked for
+    assert list(tagged.values()) == ['heldout'] * NUM_CLASSES + [
+        'test'
+    ] * NUM_CLASSES
+    reverse = CUB200Dataset(
+        data_root=demo_root, split=('test', 'heldout'), heldout_per_class=1)
+    assert [reverse.get_data_info(i)['split'] for i in range(len(reverse))
+            ] == ['test'] * NUM_CLASSES + ['heldout'] * NUM_CLASSES
+    # deterministic: the middle one of each class's 3 training images
+    by_class = {}
+    for i in range(len(official)):
+        by_class.setdefault(official.get_cat_ids(i)[0], []).append(
+            official.get_data_info(i)['img_id'])
+    assert _ids(heldout) == {sorted(ids)[1] for ids in by_class.values()}
+    with pytest.raises(ValueError,
+                       match=r'Class 1 .* has 3 training images.*Lower'):
+        CUB200Dataset(data_root=demo_root, heldout_per_class=3)
+
+
+def test_empty_split(root):
+    lines = [line.rsplit(maxsplit=1)[0] + ' 1'
+             for line in read_lines(root, 'train_test_split.txt')]
+    write_lines(root, 'train_test_split.txt', lines)
+    with pytest.raises(ValueError,
+                       match=r"train_test_split\.txt: no image in split "
+                       r"\('test',\)"):
+        CUB200Dataset(data_root=str(root), split='test')
 
 
 def _drop_file(root):
@@ -130,6 +198,15 @@ MALFORMED = [
      ValueError, r'bounding_boxes\.txt, line 1: box .*width, height > 0'),
     (_edit('bounding_boxes.txt', 1, lambda s: '1 -3.0 4.0 5.0 10.0'),
      ValueError, r'bounding_boxes\.txt, line 1: box .*x, y >= 0'),
+    (_edit('bounding_boxes.txt', 1, lambda s: '1 nan 4.0 5.0 10.0'),
+     ValueError, r'bounding_boxes\.txt, line 1: box .*non-finite'),
+    (_edit('bounding_boxes.txt', 4, lambda s: '4 3.0 4.0 inf 10.0'),
+     ValueError, r'bounding_boxes\.txt, line 4: box .*non-finite'),
+    (_edit('bounding_boxes.txt', 2, lambda s: '2 30.0 4.0 500.0 10.0'),
+     ValueError, r'bounding_boxes\.txt, line 2: box .* reaches \(530\.0, '
+     r'14\.0\), outside the \d+x\d+ image .*_0002\.jpg\. Fix the box'),
+    (_edit('bounding_boxes.txt', 2, lambda s: '2 3.0 300.0 6.0 10.0'),
+     ValueError, r'bounding_boxes\.txt, line 2: box .*outside the \d+x\d+'),
     (_edit('bounding_boxes.txt', 1, lambda s: '1 a 4.0 5.0 10.0'),
      ValueError, r'bounding_boxes\.txt, line 1: cannot parse'),
     (_edit('image_class_labels.txt', 1, lambda s: '1 7'), ValueError,
@@ -154,6 +231,22 @@ def test_malformed_files(root, edit, error, message):
     with pytest.raises(error, match=message):
         for split in ('train', 'test'):
             CUB200Dataset(data_root=str(root), split=split)
+
+
+def test_box_may_touch_the_border(root):
+    """Boxes up to BOX_TOLERANCE past the border are rounding, not errors."""
+    image = read_lines(root, 'images.txt')[1].split()[1]
+    width, height = read_image_size(str(root / 'images' / image))
+    box = f'2 0.0 0.0 {width + 0.5} {height + 1.0}'
+    _edit('bounding_boxes.txt', 2, lambda s: box)(root)
+    dataset = CUB200Dataset(data_root=str(root), split=('train', 'test'))
+    assert dataset.get_data_info(1)['img_id'] == 2
+    assert dataset.get_data_info(1)['instances'][0]['bbox'] == [
+        0.0, 0.0, width + 0.5, height + 1.0
+    ]
+    _edit('bounding_boxes.txt', 2, lambda s: box + '1')(root)  # +1.01
+    with pytest.raises(ValueError, match='outside the'):
+        CUB200Dataset(data_root=str(root), split=('train', 'test'))
 
 
 def _saturated_pixels(image_bgr):

@@ -178,6 +178,7 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
                    cfg.test_dataloader):
         loader.update(batch_size=4, num_workers=0)
         loader.dataset.data_root = data_root
+        loader.dataset.heldout_per_class = 1  # of 3 training images
     if sd_method != 'cskd':
         cfg.train_dataloader.sampler = dict(
             type='DefaultSampler', shuffle=True)
@@ -207,7 +208,8 @@ def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
     assert not logged & (set().union(*SD_LOSS_KEYS.values()) -
                          SD_LOSS_KEYS[sd_method])
     metrics = runner.test()
-    for key in ('top1_cls', 'top1_loc', 'gt_known_loc', 'maxboxacc_v2'):
+    for key in ('top1_cls', 'top1_loc@0.20', 'gt_known_loc@0.20',
+                'top1_loc@best', 'gt_known_loc@best', 'maxboxacc_v2'):
         assert 0 <= metrics[f'wsol/{key}'] <= 100
     weights = [
         m.weight for m in runner.model.backbone.modules()
@@ -243,6 +245,7 @@ def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path):
         if 'wsol/top1_loc' in line
     ]
     assert lines, result.stdout[-3000:]
-    for key in ('wsol/top1_cls', 'wsol/gt_known_loc', 'wsol/maxboxacc_v2',
-                'sparsity: 0.9'):
+    for key in ('wsol/top1_cls', 'wsol/gt_known_loc@0.20',
+                'wsol/top1_loc@best', 'wsol/best_cam_threshold',
+                'wsol/maxboxacc_v2', 'sparsity: 0.9'):
         assert key in lines[-1]

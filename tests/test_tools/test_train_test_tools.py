@@ -1,6 +1,7 @@
 """tools/train.py, tools/test.py and tools/make_demo_data.py as a user runs
 them (subprocesses on a dumped tiny config)."""
 import filecmp
+import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -10,6 +11,9 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
+
+from epsd_mm.datasets.demo_voc import write_voc_demo
 
 TIMEOUT = 300
 
@@ -70,6 +74,8 @@ def test_train_tool(trained):
 
 
 def test_test_tool_prints_miou_and_sparsity(trained, helpers, tmp_path):
+    """tools/test.py reads the test data only: the training data may be
+    absent."""
     cfg_path, work_dir, _ = trained
     out = str(tmp_path / 'preds.pkl')
     proc = _run(
@@ -81,6 +87,9 @@ def test_test_tool_prints_miou_and_sparsity(trained, helpers, tmp_path):
         str(tmp_path / 'test_work'),
         '--out',
         out,
+        '--cfg-options',
+        'train_dataloader.dataset.datasets.0.data_root=/nowhere',
+        'train_dataloader.dataset.datasets.1.data_root=/nowhere',
         cwd=str(tmp_path))
     assert proc.returncode == 0, _failure(proc)
     lines = [l for l in proc.stdout.splitlines()
@@ -91,10 +100,65 @@ def test_test_tool_prints_miou_and_sparsity(trained, helpers, tmp_path):
     assert 0 <= miou <= 100
     assert sparsity == pytest.approx(0.8, abs=1e-4)
     assert 'EarlyPruningHook: scoring' not in proc.stdout
+    assert 'Data check: 4 samples of 1 datasets (test_dataloader)' in \
+        proc.stdout
     with open(out, 'rb') as f:
         preds = pickle.load(f)
     assert len(preds) == 4  # the demo val split
     assert preds[0]['pred_sem_seg']['data'].shape[-2:] == (64, 64)
+
+
+def _script_env(helpers, **extra):
+    """A user's shell without an activated venv: no `python` with torch on
+    PATH."""
+    env = helpers.subprocess_env()
+    env.pop('PYTHON', None)
+    env.update(PATH='/usr/bin:/bin', **extra)
+    return env
+
+
+@pytest.mark.skipif(
+    not osp.isfile(osp.join(osp.dirname(__file__), '../../.venv/bin/python')),
+    reason='needs the repository venv (tools/setup_env.sh)')
+def test_dist_test_script_uses_the_venv(trained, helpers, voc_root,
+                                        tmp_path):
+    """tools/dist_test.sh runs the repository's .venv Python without an
+    activated venv, and --data-root moves the test data."""
+    cfg_path, work_dir, _ = trained
+    proc = subprocess.run([
+        'bash',
+        osp.join(helpers.repo_root, 'tools', 'dist_test.sh'), cfg_path,
+        osp.join(work_dir, 'iter_2.pth'), '1', '--work-dir',
+        str(tmp_path / 'work'), '--data-root', voc_root
+    ],
+                          cwd=str(tmp_path),
+                          env=_script_env(
+                              helpers, PORT=str(helpers.free_port())),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, _failure(proc)
+    assert 'No module named' not in proc.stdout
+    assert re.search(r'mIoU: [\d.]+', proc.stdout), _failure(proc)
+
+
+@pytest.mark.parametrize('script', ['dist_train.sh', 'dist_test.sh',
+                                    'slurm_train.sh', 'slurm_test.sh'])
+def test_launch_scripts_name_the_fix_for_a_python_without_torch(
+        script, helpers, tmp_path):
+    proc = subprocess.run(
+        ['bash', osp.join(helpers.repo_root, 'tools', script)] +
+        ['a'] * 5,
+        cwd=str(tmp_path),
+        env=_script_env(helpers, PYTHON='/usr/bin/env'),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60)
+    assert proc.returncode == 1
+    assert "'/usr/bin/env' cannot import torch and mmengine" in proc.stdout
+    assert 'tools/setup_env.sh' in proc.stdout and 'PYTHON=' in proc.stdout
 
 
 def test_train_tool_resume(trained, helpers, tmp_path):
@@ -122,24 +186,69 @@ def test_train_tool_resume(trained, helpers, tmp_path):
             assert torch.equal(before[key], after[key])
 
 
-def test_train_tool_missing_data_fails_early(tmp_path, helpers, voc_root):
-    cfg = helpers.make_tiny_cfg(voc_root, str(tmp_path / 'unused'))
+def _small_val_label(voc):
+    name = open(osp.join(voc, 'ImageSets/Segmentation/val.txt')).readline()
+    path = osp.join(voc, 'SegmentationClass', f'{name.strip()}.png')
+    Image.open(path).resize((20, 16), Image.NEAREST).save(path)
+    return 'val_dataloader.dataset.ann_file', f'{path} is 20x16'
+
+
+@pytest.mark.parametrize('broken', ['missing_root', 'label_size'])
+def test_train_tool_bad_data_fails_early(broken, tmp_path, helpers):
+    """Bad data stops tools/train.py before a model is built, with the key,
+    the file and the fix (every check: tests/test_datasets/test_checks.py)."""
+    voc = write_voc_demo(
+        str(tmp_path / 'voc'), num_train=2, num_val=2, image_size=32)
+    cfg = helpers.make_tiny_cfg(voc, str(tmp_path / 'unused'))
     cfg_path = str(tmp_path / 'cfg.py')
     cfg.dump(cfg_path)
     work_dir = tmp_path / 'work'
-    missing = str(tmp_path / 'nowhere')
+    options = []
+    if broken == 'missing_root':
+        missing = str(tmp_path / 'nowhere')
+        options = [f'val_dataloader.dataset.data_root={missing}']
+        expected = ('FileNotFoundError', missing, '--data-root DIR')
+    else:
+        expected = ('ValueError', *_small_val_label(voc),
+                    'Re-export the label maps')
     proc = _run(
         helpers,
         osp.join(helpers.repo_root, 'tools', 'train.py'),
         cfg_path,
         '--work-dir',
         str(work_dir),
-        '--cfg-options',
-        f'val_dataloader.dataset.data_root={missing}',
+        *(['--cfg-options', *options] if options else []),
         cwd=str(tmp_path))
     assert proc.returncode != 0
-    assert 'FileNotFoundError' in proc.stdout and missing in proc.stdout
+    for text in expected:
+        assert text in proc.stdout, _failure(proc)
+    assert 'Data check:' not in proc.stdout
     assert not work_dir.exists() or helpers.checkpoints(str(work_dir)) == []
+
+
+def _load_tool(helpers, name):
+    spec = importlib.util.spec_from_file_location(
+        f'tool_{name}', osp.join(helpers.repo_root, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('tool, args', [('train', ['cfg.py']),
+                                        ('test', ['cfg.py', 'ckpt.pth'])])
+def test_tools_refuse_top_level_data_root(tool, args, helpers, monkeypatch,
+                                          capsys):
+    """--cfg-options data_root=... would change nothing (the config copied
+    it into each dataset): the tools say so and name --data-root."""
+    module = _load_tool(helpers, tool)
+    monkeypatch.setattr(
+        sys, 'argv',
+        [tool, *args, '--cfg-options', 'data_root=/data/VOC2012'])
+    with pytest.raises(SystemExit) as exit_:
+        module.parse_args()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert 'does not reach the datasets' in err and '--data-root DIR' in err
 
 
 def test_make_demo_data_voc(tmp_path, helpers):

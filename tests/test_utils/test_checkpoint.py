@@ -2,8 +2,11 @@
 the globals they need were allow-listed (safety is not switched off)."""
 import argparse
 import glob
+import io
 import os.path as osp
 import pickle
+import pickletools
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,7 +14,8 @@ import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import Runner, load_checkpoint
 
-from epsd_mm.utils.checkpoint import checkpoint_safe_globals
+from epsd_mm.utils.checkpoint import (NUMPY_MULTIARRAY_MODULES,
+                                      checkpoint_safe_globals)
 
 
 class NotAllowed:
@@ -141,3 +145,72 @@ def test_non_allowed_class_still_refused(tmp_path, trained):
         # explicitly opting out still works, so the file itself is fine
         assert type(torch.load(path, weights_only=False)['meta']['evil']) \
             is type(evil)
+
+
+def _pickle_naming(module: str, obj, tmp_path) -> str:
+    """``torch.save(obj)`` with its pickle rewritten to name numpy's
+    ``multiarray`` as ``module`` (what numpy 1.x or 2.x writes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    written = np.ndarray.__reduce__(np.zeros(1))[0].__module__
+    path = str(tmp_path / f'{module}.pth')
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, \
+            zipfile.ZipFile(path, 'w') as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith('/data.pkl'):
+                data = data.replace(f'{written}\n'.encode(),
+                                    f'{module}\n'.encode())
+                globals_ = {
+                    arg.split()[0]
+                    for op, arg, _ in pickletools.genops(data)
+                    if op.name == 'GLOBAL'
+                }
+                assert {'numpy.core.multiarray',
+                        'numpy._core.multiarray'} & globals_ == {module}
+            dst.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize('module', NUMPY_MULTIARRAY_MODULES)
+def test_numpy_1_and_2_pickles_load(module, tmp_path):
+    """A checkpoint written under numpy 1.26 names numpy.core.multiarray,
+    one written under numpy 2 numpy._core.multiarray: both load."""
+    buffer = HistoryBuffer()
+    buffer.update(np.float64(0.5))
+    obj = dict(
+        array=np.arange(6, dtype=np.float32).reshape(2, 3),
+        scalar=np.float64(1.5),
+        count=np.int64(7),
+        tensor=torch.ones(2),
+        buffer=buffer)
+    path = _pickle_naming(module, obj, tmp_path)
+    loaded = torch.load(path)  # weights_only=True
+    np.testing.assert_array_equal(loaded['array'], obj['array'])
+    assert loaded['array'].dtype == np.float32
+    assert loaded['scalar'] == 1.5 and type(loaded['scalar']) is np.float64
+    assert loaded['count'] == 7 and type(loaded['count']) is np.int64
+    assert torch.equal(loaded['tensor'], obj['tensor'])
+    assert loaded['buffer'].current() == 0.5
+
+
+def test_other_numpy_core_globals_still_refused(tmp_path):
+    """Allowing both module paths allows exactly the two functions numpy
+    pickles name, nothing else of the module."""
+    from numpy._core import multiarray
+    for module in NUMPY_MULTIARRAY_MODULES:
+        data = (b'\x80\x02c' + module.encode() + b'\nfrombuffer\n'
+                b'q\x00.')
+        assert pickletools.dis(data, out=io.StringIO()) is None  # valid
+        path = str(tmp_path / f'{module}_frombuffer.pth')
+        buf = io.BytesIO()
+        torch.save(0, buf)
+        with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, \
+                zipfile.ZipFile(path, 'w') as dst:
+            for info in src.infolist():
+                dst.writestr(
+                    info, data if info.filename.endswith('/data.pkl') else
+                    src.read(info))
+        with pytest.raises(pickle.UnpicklingError, match='frombuffer'):
+            torch.load(path)
+    assert multiarray.frombuffer not in torch.serialization.get_safe_globals()

@@ -74,7 +74,7 @@ def test_rejects_a_cam_of_another_size():
 
 def test_visualize_cam_tool(tmp_path, monkeypatch):
     data_root = str(tmp_path / 'data')
-    write_cub_demo(data_root, num_classes=3, images_per_class=4, image_size=64)
+    write_cub_demo(data_root, num_classes=3, images_per_class=8, image_size=64)
     config = osp.join(ROOT, 'configs/demo/epsd_cam_cub_demo.py')
     tiny = {
         'model.backbone.base_channels': 8,

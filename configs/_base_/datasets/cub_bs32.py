@@ -3,11 +3,21 @@
 # test pipeline loads the boxes *after* Resize, so they stay in original
 # image coordinates as WSOLMetric expects. 224x224 inputs: Resize(256) +
 # RandomCrop(224) + flip for training, Resize(224) for testing.
+#
+# CAM threshold protocol (Choe et al., CVPR 2020): 5 training images per
+# class (1,000) are held out of training, with their boxes; val/test
+# evaluate on them and on the test images in one pass, and WSOLMetric
+# reports Top-1/GT-known Loc at the fixed threshold (@0.20) and at the
+# threshold that is best on the held-out images (@best). Keep
+# heldout_per_class the same in the train and val/test datasets
+# (tools/train.py checks that training sees no held-out image).
 dataset_type = 'epsd_mm.CUB200Dataset'
 data_root = 'data/CUB_200_2011/'
+heldout_per_class = 5
 backend_args = None
+# 'split' tells WSOLMetric held-out ('heldout') from test images
 meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
-             'flip', 'flip_direction', 'gt_label')
+             'flip', 'flip_direction', 'gt_label', 'split')
 
 train_pipeline = [
     dict(type='mmdet.LoadImageFromFile', backend_args=backend_args),
@@ -32,6 +42,7 @@ train_dataloader = dict(
         type=dataset_type,
         data_root=data_root,
         split='train',
+        heldout_per_class=heldout_per_class,
         pipeline=train_pipeline,
         backend_args=backend_args))
 val_dataloader = dict(
@@ -43,14 +54,16 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
-        split='test',
+        split=('test', 'heldout'),
+        heldout_per_class=heldout_per_class,
         test_mode=True,
         pipeline=test_pipeline,
         backend_args=backend_args))
 test_dataloader = val_dataloader
 
 # WSOL benchmark protocol (Choe et al., CVPR 2020): CAM thresholds in 0.01
-# steps, MaxBoxAccV2 at IoU 0.3/0.5/0.7.
+# steps, MaxBoxAccV2 at IoU 0.3/0.5/0.7. cam_threshold is the model's
+# test_cfg.cam_threshold (the metric checks that its boxes match).
 val_evaluator = dict(
-    type='epsd_mm.WSOLMetric', cam_curve_interval=0.01)
+    type='epsd_mm.WSOLMetric', cam_threshold=0.2, cam_curve_interval=0.01)
 test_evaluator = val_evaluator
