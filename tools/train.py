@@ -12,12 +12,13 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-import epsd_mm  # noqa: F401  registers the epsd_mm scope
+import epsd_mm  # noqa: F401  epsd_mm:: configs; components register lazily
 from epsd_mm.datasets.checks import check_datasets
 from epsd_mm.datasets.config_datasets import set_data_root
 from epsd_mm.evaluation.config_checks import check_cam_threshold
 from epsd_mm.registry import RUNNERS
-from epsd_mm.utils import setup_cpu_distributed
+from epsd_mm.utils import (register_checkpoint_safe_globals,
+                           setup_cpu_distributed)
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,6 +72,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # --resume / load_from read MMEngine checkpoints with torch's
+    # weights_only loader (see epsd_mm.utils.checkpoint)
+    register_checkpoint_safe_globals()
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

@@ -15,6 +15,14 @@ numpy 1.26 also has a ``numpy._core`` shim, so either name can appear in a
 checkpoint whoever wrote it. The allow-list maps *both* names to the running
 numpy's functions, so checkpoints load across the numpy 1 <-> 2 switch in
 both directions (the functions and their arguments are the same in both).
+
+The list is registered process-wide because MMEngine's own resume and
+``load_from`` call ``torch.load`` themselves; scoping it to our calls would
+leave those failing. It is registered when a Runner builds one of our hooks
+(importing :mod:`epsd_mm.engine`) and by our tools, never by a bare
+``import epsd_mm``. It widens torch's allow-list by exactly these objects:
+``getattr`` lets a pickle read attributes, but the unpickler only *calls*
+allow-listed callables, so nothing outside the list can run.
 """
 from typing import List, Tuple, Union
 

@@ -3,9 +3,12 @@ the globals they need were allow-listed (safety is not switched off)."""
 import argparse
 import glob
 import io
+import os
 import os.path as osp
 import pickle
 import pickletools
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -16,6 +19,8 @@ from mmengine.runner import Runner, load_checkpoint
 
 from epsd_mm.utils.checkpoint import (NUMPY_MULTIARRAY_MODULES,
                                       checkpoint_safe_globals)
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 class NotAllowed:
@@ -58,17 +63,30 @@ def test_weights_only_is_the_default(tmp_path):
         torch.load(path)
 
 
-def test_safe_globals_registered_on_import():
-    safe = torch.serialization.get_safe_globals()
-    for obj in checkpoint_safe_globals():
-        assert obj in safe
-    assert HistoryBuffer in safe
-    # nothing broad such as builtins.eval / exec / os.system
-    import builtins
-    import os
-    for dangerous in (builtins.eval, builtins.exec, os.system,
-                      builtins.__import__):
-        assert dangerous not in safe
+def test_safe_globals_registered_by_the_engine_not_by_import_epsd_mm():
+    """A bare ``import epsd_mm`` leaves torch's allow-list alone; building
+    our hooks (importing epsd_mm.engine) registers exactly the list."""
+    script = (
+        'import torch, epsd_mm, epsd_mm.pruning\n'
+        'from epsd_mm.utils.checkpoint import checkpoint_safe_globals\n'
+        'from mmengine.logging import HistoryBuffer\n'
+        'before = torch.serialization.get_safe_globals()\n'
+        'assert HistoryBuffer not in before and getattr not in before\n'
+        'import epsd_mm.engine\n'
+        'safe = torch.serialization.get_safe_globals()\n'
+        'assert all(o in safe for o in checkpoint_safe_globals())\n'
+        'import builtins, os\n'
+        'for bad in (builtins.eval, builtins.exec, os.system, '
+        'builtins.__import__):\n'
+        '    assert bad not in safe\n'
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, '-c', script],
+                         capture_output=True,
+                         text=True,
+                         cwd=REPO_ROOT,
+                         env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == 'ok'
 
 
 def test_checkpoint_loads_with_default_torch_load(trained):
