@@ -1,5 +1,6 @@
 """Self-distilled pruning: agreement with the unpruned self."""
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,10 @@ class CrossCorrelation(BaseSDMethod):
     Until the hook has pruned anything the term is zero. Training without
     such a hook is refused: the term would stay zero all along.
 
+    At pruning-time scoring (EPSD before gradual pruning) the unpruned self
+    is the network as it is when scoring starts, frozen: the masked network
+    after the inner steps is pulled towards it.
+
     Args:
         loss (dict, optional): Merged over
             ``dict(type='CrossCorrelationLoss')``. Defaults to None.
@@ -34,6 +39,15 @@ class CrossCorrelation(BaseSDMethod):
 
     def set_unpruned(self, view: Any) -> None:
         self._view = view
+
+    @contextmanager
+    def scoring_state(self, model: nn.Module) -> Iterator[None]:
+        view = self._view
+        self._view = model.sd_snapshot()
+        try:
+            yield
+        finally:
+            self._view = view
 
     def compute(self, model: nn.Module, inputs: Tensor,
                 data_samples: List) -> Dict[str, Tensor]:
