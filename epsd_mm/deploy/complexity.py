@@ -164,8 +164,9 @@ def format_complexity_table(rows: List[PartComplexity]) -> str:
 
     with_flops = rows[-1].flops is not None
     table = PrettyTable()
-    table.field_names = ['part', 'params', 'effective params', 'ratio'] + (
-        ['FLOPs', 'effective FLOPs', 'ratio '] if with_flops else [])
+    table.field_names = [
+        'part', 'params', 'effective params', 'params ratio'
+    ] + (['FLOPs', 'effective FLOPs', 'FLOPs ratio'] if with_flops else [])
     for r in rows:
         cells = [
             r.name, f'{r.params:,}', f'{r.effective_params:,}',
