@@ -128,7 +128,7 @@ def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
         tuple[Config, list[str]]: The deploy config and a description of
         every change.
     """
-    cfg = Config(copy.deepcopy(cfg.to_dict()), filename=cfg.filename)
+    cfg = copy.deepcopy(cfg)
     default_scope = cfg.get('default_scope')
     changes = []
     for key, hook in list(cfg.get('default_hooks', {}).items()):
