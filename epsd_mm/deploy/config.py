@@ -113,13 +113,34 @@ def _unlabeled_test_cfg(model_cfg: ConfigDict) -> Optional[str]:
     return None
 
 
+def _test_pipeline(cfg: Config) -> Optional[list]:
+    """The test dataset's pipeline (inside dataset wrappers too)."""
+    from mmdet.utils import get_test_pipeline_cfg
+    try:
+        return get_test_pipeline_cfg(cfg)
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+
+
+def _top_level_test_pipeline(cfg: Config) -> Optional[str]:
+    """``mmseg.apis.inference_model`` reads the top-level ``test_pipeline``
+    (MMSegInferencer and mmdet read the test dataloader's)."""
+    pipeline = _test_pipeline(cfg)
+    if 'test_pipeline' in cfg or pipeline is None:
+        return None
+    cfg.test_pipeline = copy.deepcopy(pipeline)
+    return "test_pipeline: copied from test_dataloader's (mmseg's " \
+        'inference_model reads it)'
+
+
 def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
     """The config of the deployed (folded) network.
 
     Drops every hook of an epsd_mm type from ``default_hooks`` and
     ``custom_hooks`` (pruning, self-distillation), replaces the model by
-    :func:`plain_model_cfg`, and sets the default scope to the plain model's
-    package when no component needs the ``epsd_mm`` scope any more.
+    :func:`plain_model_cfg`, adds a top-level ``test_pipeline`` if there is
+    none, and sets the default scope to the plain model's package when no
+    component needs the ``epsd_mm`` scope any more.
 
     Args:
         cfg (Config): The training config.
@@ -153,6 +174,10 @@ def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
         changes.append(change)
     cfg.model = model
 
+    change = _top_level_test_pipeline(cfg)
+    if change:
+        changes.append(change)
+
     model_scope = Registry.split_scope_key(model.type)[0] if isinstance(
         model.type, str) else None
     if (default_scope == SCOPE and model_scope not in (None, SCOPE)
@@ -176,12 +201,7 @@ def input_shape_from_cfg(cfg: Config) -> Tuple[int, int]:
     size = (cfg.model.get('data_preprocessor') or {}).get('size')
     if size:
         return int(size[0]), int(size[1])
-    from mmdet.utils import get_test_pipeline_cfg
-    try:
-        pipeline = get_test_pipeline_cfg(cfg)
-    except (AttributeError, KeyError, RuntimeError):
-        pipeline = []
-    for transform in pipeline:
+    for transform in _test_pipeline(cfg) or []:
         scale = transform.get('scale')
         if (_type_name(transform.get('type')) == 'Resize'
                 and not transform.get('keep_ratio', False)
