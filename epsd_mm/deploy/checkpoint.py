@@ -1,4 +1,5 @@
 """Read a pruned training checkpoint into the model it came from."""
+import copy
 import inspect
 import os.path as osp
 from typing import Dict, Mapping, Optional, Tuple
@@ -41,7 +42,9 @@ def build_model(cfg: Config) -> nn.Module:
     not initialised: no pretrained file is fetched."""
     with DefaultScope.overwrite_default_scope(
             cfg.get('default_scope', 'mmengine')):
-        model = MODELS.build(cfg.model)
+        # a copy: mmseg's EncoderDecoder writes `pretrained` into the
+        # backbone's dict, which a second build would then refuse
+        model = MODELS.build(copy.deepcopy(cfg.model))
     return revert_sync_batchnorm(model).eval()
 
 
