@@ -49,12 +49,12 @@ def build_model(cfg: Config) -> nn.Module:
 
 
 def check_state_dict_fits(
-        model: nn.Module,
-        state_dict: Mapping[str, Tensor],
-        source: str,
-        config: str,
-        hint: str = ('Pass the config the checkpoint was trained with (its '
-                     'work_dir holds a copy).')
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str,
+    config: str,
+    hint: str = ('Pass the config the checkpoint was trained with (its '
+                 'work_dir holds a copy).')
 ) -> None:
     """Raise unless ``state_dict`` has exactly ``model``'s keys and shapes.
 
@@ -80,9 +80,8 @@ def check_state_dict_fits(
                            ('shape mismatches', resized)) if keys
     ]
     if problems:
-        raise ValueError(
-            f'{source} does not fit the model of {config}: '
-            f'{"; ".join(problems)}. {hint}')
+        raise ValueError(f'{source} does not fit the model of {config}: '
+                         f'{"; ".join(problems)}. {hint}')
 
 
 def build_masked_model(cfg: Config, state_dict: Mapping[str, Tensor],

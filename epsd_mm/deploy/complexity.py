@@ -94,8 +94,7 @@ def _flop_savings(model: nn.Module, masks: Mapping[str, Tensor],
 def model_complexity(
         model: nn.Module,
         inputs: Union[None, Tensor, Tuple] = None,
-        masks: Optional[Mapping[str, Tensor]] = None
-) -> List[PartComplexity]:
+        masks: Optional[Mapping[str, Tensor]] = None) -> List[PartComplexity]:
     """Dense and effective params (and FLOPs) per part and in total.
 
     Args:
@@ -144,8 +143,7 @@ def model_complexity(
         for name, _ in model.named_children()
         if params.get(name, 0) or flops.get(name, 0)
     ]
-    rows.append(
-        row('total', '', sum(pruned.values()), sum(saved.values())))
+    rows.append(row('total', '', sum(pruned.values()), sum(saved.values())))
     return rows
 
 

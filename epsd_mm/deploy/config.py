@@ -70,8 +70,8 @@ def _is_epsd_mm_type(cfg: dict, scope: Optional[str]) -> bool:
     if not isinstance(obj_type, str):
         return getattr(obj_type, '__module__', '').startswith(SCOPE)
     prefix, name = Registry.split_scope_key(obj_type)
-    return (prefix or cfg.get('_scope_', scope)) == SCOPE and (
-        name in _epsd_mm_names())
+    return (prefix or cfg.get('_scope_',
+                              scope)) == SCOPE and (name in _epsd_mm_names())
 
 
 def _walk(node: Any, scope: Optional[str]) -> Iterator[Tuple[dict, str]]:

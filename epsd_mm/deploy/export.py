@@ -90,7 +90,8 @@ def check_out_dir(out_dir: str, force: bool) -> None:
 
 
 @torch.no_grad()
-def _max_abs_diff(first: nn.Module, second: nn.Module, inputs: Tensor) -> float:
+def _max_abs_diff(first: nn.Module, second: nn.Module,
+                  inputs: Tensor) -> float:
     a = TensorModeModel(first)(inputs)
     b = TensorModeModel(second)(inputs)
     return float((a - b).abs().max())
@@ -106,16 +107,16 @@ def _folded_meta(checkpoint: dict, deploy_cfg: Config, pruning: dict) -> dict:
     return meta
 
 
-def export_pruned_checkpoint(cfg: Config,
-                             checkpoint: str,
-                             out_dir: str,
-                             shape: Optional[Tuple[int, int]] = None,
-                             onnx: bool = False,
-                             force: bool = False,
-                             atol: float = 1e-5,
-                             onnx_atol: float = 1e-4,
-                             log: Callable[[str], None] = print
-                             ) -> ExportResult:
+def export_pruned_checkpoint(
+        cfg: Config,
+        checkpoint: str,
+        out_dir: str,
+        shape: Optional[Tuple[int, int]] = None,
+        onnx: bool = False,
+        force: bool = False,
+        atol: float = 1e-5,
+        onnx_atol: float = 1e-4,
+        log: Callable[[str], None] = print) -> ExportResult:
     """Export a pruned checkpoint to folded, sparse (and ONNX) files.
 
     Args:
@@ -154,7 +155,10 @@ def export_pruned_checkpoint(cfg: Config,
     ]
     kept = OrderedDict((k, folded_all[k]) for k in keys if k in folded_all)
     check_state_dict_fits(
-        plain, kept, f'the folded {checkpoint}', 'the deploy config',
+        plain,
+        kept,
+        f'the folded {checkpoint}',
+        'the deploy config',
         hint='The deploy config does not describe the trained network; '
         'please report this with both configs.')
     plain.load_state_dict(kept)
@@ -167,22 +171,24 @@ def export_pruned_checkpoint(cfg: Config,
         f'max abs diff {logits_diff:.2e} (tolerance {atol:.0e})')
     if logits_diff > atol:
         raise RuntimeError(
-            f'the folded model differs from the masked one by {logits_diff:.2e}'
-            f' > {atol:.0e}; nothing was written. Check that the config is '
-            'the one the checkpoint was trained with.')
+            'the folded model differs from the masked one by '
+            f'{logits_diff:.2e} > {atol:.0e}; nothing was written. Check that '
+            'the config is the one the checkpoint was trained with.')
 
     pruning = pruning_meta(ckpt, cfg, masks, checkpoint)
     meta = _folded_meta(ckpt, deploy_cfg, pruning)
     os.makedirs(out_dir, exist_ok=True)
-    paths = {name: osp.join(out_dir, name) for name in (FOLDED, CONFIG,
-                                                        SPARSE, ONNX)}
+    paths = {
+        name: osp.join(out_dir, name)
+        for name in (FOLDED, CONFIG, SPARSE, ONNX)
+    }
     with open(paths[CONFIG], 'w', encoding='utf-8') as f:
         f.write(
             _CONFIG_HEADER.format(
                 source=osp.basename(checkpoint),
                 folded=FOLDED,
-                changes='\n'.join(f'#   {c}' for c in changes)) +
-            deploy_cfg.pretty_text)
+                changes='\n'.join(f'#   {c}'
+                                  for c in changes)) + deploy_cfg.pretty_text)
     torch.save(dict(meta=meta, state_dict=kept), paths[FOLDED])
     sparse_masks = {k: m for k, m in masks.items() if k in kept}
     summary = save_sparse_checkpoint(paths[SPARSE], kept, sparse_masks, meta)

@@ -43,7 +43,9 @@ class SparseSummary(NamedTuple):
     @property
     def ratio(self) -> float:
         """Stored over dense bytes of the pruned tensors."""
-        return self.sparse_bytes / self.dense_bytes if self.dense_bytes else 1.0
+        if not self.dense_bytes:
+            return 1.0
+        return self.sparse_bytes / self.dense_bytes
 
 
 def _nbytes(tensor: Tensor) -> int:
@@ -142,8 +144,7 @@ def identical_state_dicts(first: Mapping[str, Tensor],
         return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
     return list(first) == list(second) and all(
-        first[k].dtype == second[k].dtype
-        and first[k].shape == second[k].shape
+        first[k].dtype == second[k].dtype and first[k].shape == second[k].shape
         and torch.equal(raw(first[k]), raw(second[k])) for k in first)
 
 

@@ -21,10 +21,12 @@ def randomise_batch_norms(model: nn.Module, seed: int = 0) -> None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 shape = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(shape, generator=generator))
+                module.running_mean.copy_(
+                    torch.randn(shape, generator=generator))
                 module.running_var.copy_(
                     torch.rand(shape, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.weight.copy_(
+                    torch.rand(shape, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(shape, generator=generator))
 
 
@@ -47,8 +49,7 @@ def pruned(voc_root, tmp_path_factory, helpers) -> SimpleNamespace:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     register_mask_enforcement(optimizer, model)
     model.train()
-    loss = model(
-        torch.randn(2, 3, 64, 64), mode='tensor').square().mean()
+    loss = model(torch.randn(2, 3, 64, 64), mode='tensor').square().mean()
     loss.backward()
     optimizer.step()
     model.eval()
@@ -61,7 +62,8 @@ def pruned(voc_root, tmp_path_factory, helpers) -> SimpleNamespace:
         state_dict=model.state_dict(),
         optimizer=optimizer.state_dict(),
         sd_teacher_state_dict=model.state_dict(),
-        pruned_weight_values={name: torch.zeros(1) for name in masks})
+        pruned_weight_values={name: torch.zeros(1)
+                              for name in masks})
     ckpt_path = str(tmp / 'iter_3.pth')
     torch.save(checkpoint, ckpt_path)
     return SimpleNamespace(

@@ -22,16 +22,18 @@ def test_build_masked_model_refuses_masks_of_unknown_parameters(pruned):
     mask = state.pop('backbone.stem.0.weight' + MASK_SUFFIX)
     state['backbone.nowhere.weight'] = torch.zeros(mask.shape)
     state['backbone.nowhere.weight' + MASK_SUFFIX] = mask
-    with pytest.raises(ValueError, match='masks 1 parameters the model of '
-                       '.* does not have .*backbone.nowhere.weight'):
+    with pytest.raises(
+            ValueError,
+            match='masks 1 parameters the model of '
+            '.* does not have .*backbone.nowhere.weight'):
         build_masked_model(pruned.cfg, state, 'ckpt.pth')
 
 
 def test_pruning_meta_reads_the_checkpoints_config(pruned):
     cfg = copy.deepcopy(pruned.cfg)
     cfg.default_hooks.pruning.criterion = 'snip'  # not what the run used
-    meta = pruning_meta(torch.load(pruned.checkpoint), cfg, pruned.masks,
-                        'ckpt.pth')
+    meta = pruning_meta(
+        torch.load(pruned.checkpoint), cfg, pruned.masks, 'ckpt.pth')
     assert meta['criterion'] == 'prospr'
     assert meta['config_source'] == "the checkpoint's meta['cfg']"
     assert meta['hook_args']['sparsity'] == 0.9

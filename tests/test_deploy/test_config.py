@@ -23,8 +23,8 @@ def test_plain_model_cfg_of_todays_sd_segmentor():
     assert 'sd_loss' in cfg  # the input is left alone
 
 
-@pytest.mark.parametrize('segmentor', [
-    'mmseg.EncoderDecoder', 'mmseg.CascadeEncoderDecoder'])
+@pytest.mark.parametrize(
+    'segmentor', ['mmseg.EncoderDecoder', 'mmseg.CascadeEncoderDecoder'])
 def test_plain_model_cfg_of_sd_plugins(segmentor):
     cfg = dict(
         type='SelfDistillSegmentor',
@@ -35,8 +35,10 @@ def test_plain_model_cfg_of_sd_plugins(segmentor):
 
 
 def test_plain_model_cfg_keeps_other_models():
-    cam = dict(type='epsd_mm.CAMLocalizer', backbone=BACKBONE,
-               sd_loss=dict(type='CSKDLoss'))
+    cam = dict(
+        type='epsd_mm.CAMLocalizer',
+        backbone=BACKBONE,
+        sd_loss=dict(type='CSKDLoss'))
     assert plain_model_cfg(cam) == dict(
         type='epsd_mm.CAMLocalizer', backbone=BACKBONE)
     plain = dict(type='EncoderDecoder', _scope_='mmseg', backbone=BACKBONE)
@@ -82,8 +84,8 @@ def test_deploy_config_drops_only_our_custom_hooks():
     ]
     cfg.default_hooks.pruning.type = 'GradualPruningHook'
     deployed, _ = deploy_config(cfg)
-    assert [h.type for h in deployed.custom_hooks] == [
-        'EMAHook', 'mmseg.SegVisualizationHook']
+    assert [h.type for h in deployed.custom_hooks
+            ] == ['EMAHook', 'mmseg.SegVisualizationHook']
     assert 'pruning' not in deployed.default_hooks
     # EMAHook, named without prefix, still resolves: the scope stays
     # mmseg since it is not an epsd_mm type

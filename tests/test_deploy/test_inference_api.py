@@ -50,8 +50,8 @@ def test_mmseg_inference_on_the_demo_config(voc_image, tmp_path, capsys):
     assert MISMATCH not in capsys.readouterr().out
 
 
-def test_mmseg_inference_on_an_exported_checkpoint(pruned, voc_image,
-                                                   tmp_path, capsys):
+def test_mmseg_inference_on_an_exported_checkpoint(pruned, voc_image, tmp_path,
+                                                   capsys):
     from mmseg.apis import MMSegInferencer, inference_model, init_model
     out = str(tmp_path / 'deploy')
     export_pruned_checkpoint(pruned.cfg, pruned.checkpoint, out, log=print)

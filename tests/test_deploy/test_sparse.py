@@ -35,8 +35,8 @@ def test_identical_state_dicts_compares_bits():
     a = {'w': torch.tensor([0.0, 1.0])}
     assert identical_state_dicts(a, {'w': torch.tensor([0.0, 1.0])})
     assert not identical_state_dicts(a, {'w': torch.tensor([-0.0, 1.0])})
-    assert not identical_state_dicts(a, {'w': torch.tensor([0.0, 1.0],
-                                                           dtype=torch.float64)})
+    assert not identical_state_dicts(
+        a, {'w': torch.tensor([0.0, 1.0], dtype=torch.float64)})
 
 
 def test_pruned_tensors_take_bitmask_plus_values(tmp_path):

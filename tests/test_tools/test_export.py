@@ -38,15 +38,25 @@ def exported(tmp_path_factory, voc_root, helpers):
     cfg_path = str(tmp / 'tiny_epsd.py')
     cfg.dump(cfg_path)
     work_dir = str(tmp / 'work')
-    train = _run(helpers, osp.join(helpers.repo_root, 'tools', 'train.py'),
-                 cfg_path, '--work-dir', work_dir, cwd=str(tmp))
+    train = _run(
+        helpers,
+        osp.join(helpers.repo_root, 'tools', 'train.py'),
+        cfg_path,
+        '--work-dir',
+        work_dir,
+        cwd=str(tmp))
     assert train.returncode == 0, train.stdout[-3000:]
     checkpoint = osp.join(work_dir, 'iter_2.pth')
     out_dir = str(tmp / 'deploy')
-    proc = _run(helpers,
-                osp.join(helpers.repo_root, 'tools', 'deploy', 'export.py'),
-                cfg_path, checkpoint, '--out-dir', out_dir, '--onnx',
-                cwd=str(tmp))
+    proc = _run(
+        helpers,
+        osp.join(helpers.repo_root, 'tools', 'deploy', 'export.py'),
+        cfg_path,
+        checkpoint,
+        '--out-dir',
+        out_dir,
+        '--onnx',
+        cwd=str(tmp))
     assert proc.returncode == 0, proc.stdout[-3000:]
     return cfg_path, checkpoint, out_dir, proc.stdout
 
@@ -101,16 +111,3 @@ def test_folded_loads_into_mmseg_with_the_masked_logits(exported):
         osp.join(out_dir, 'model.onnx'), providers=['CPUExecutionProvider'])
     (onnx_out, ) = session.run(None, {'inputs': inputs.numpy()})
     assert np.abs(onnx_out - got.numpy()).max() <= 1e-4
-
-
-def test_export_tool_refuses_to_overwrite(exported, helpers, tmp_path):
-    cfg_path, checkpoint, out_dir, _ = exported
-    before = {n: open(osp.join(out_dir, n), 'rb').read() for n in FILES}
-    proc = _run(helpers,
-                osp.join(helpers.repo_root, 'tools', 'deploy', 'export.py'),
-                cfg_path, checkpoint, '--out-dir', out_dir,
-                cwd=str(tmp_path))
-    assert proc.returncode != 0
-    assert 'already holds files' in proc.stdout and '--force' in proc.stdout
-    after = {n: open(osp.join(out_dir, n), 'rb').read() for n in FILES}
-    assert after == before

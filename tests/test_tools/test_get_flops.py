@@ -42,15 +42,15 @@ def tiny(tmp_path_factory, voc_root, helpers):
 
 
 def _get_flops(helpers, *args) -> str:
-    proc = subprocess.run(
-        [sys.executable,
-         osp.join(helpers.repo_root, 'tools', 'analysis', 'get_flops.py'),
-         *args],
-        env=helpers.subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=TIMEOUT)
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(helpers.repo_root, 'tools', 'analysis', 'get_flops.py'), *args
+    ],
+                          env=helpers.subprocess_env(),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:]
     return proc.stdout
 
@@ -67,7 +67,9 @@ def test_get_flops_of_a_pruned_checkpoint(tiny, helpers):
     assert effective == params - sum(int((~m).sum()) for m in masks.values())
     # 80% of the backbone's conv MACs are gone; BN, heads etc. remain
     backbone = re.search(r'\| backbone +\|(.*)\|', pruned).group(1)
-    cells = [int(c.strip().replace(',', '')) for c in backbone.split('|')
-             if c.strip() and '.' not in c]
+    cells = [
+        int(c.strip().replace(',', '')) for c in backbone.split('|')
+        if c.strip() and '.' not in c
+    ]
     assert cells[3] < 0.3 * cells[2]
     assert effective_flops < flops

@@ -30,7 +30,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('config', help='config file')
     parser.add_argument(
-        'checkpoint', nargs='?', help='(pruned) checkpoint; without it the '
+        'checkpoint',
+        nargs='?',
+        help='(pruned) checkpoint; without it the '
         'dense network is counted')
     parser.add_argument(
         '--shape',

@@ -49,8 +49,7 @@ def _prune_and_fold(model, sparsity: float):
     apply_masks(
         net,
         select_masks(
-            random_scores(prunable_parameters(net, ('backbone', ))),
-            sparsity))
+            random_scores(prunable_parameters(net, ('backbone', ))), sparsity))
     folded, masks = fold_masks(net.state_dict())
     remove_masks(net)
     net.load_state_dict(folded)
@@ -61,8 +60,10 @@ def _write(name: str, model, state_dict, masks, inputs, out_dir: str) -> Dict:
     """Folded, sparse and ONNX files of one model; their sizes in bytes."""
     from epsd_mm.deploy import (export_onnx, onnx_max_abs_diff,
                                 save_sparse_checkpoint)
-    paths = {kind: osp.join(out_dir, f'{name}.{kind}')
-             for kind in ('pth', 'sparse.pth', 'onnx')}
+    paths = {
+        kind: osp.join(out_dir, f'{name}.{kind}')
+        for kind in ('pth', 'sparse.pth', 'onnx')
+    }
     torch.save(dict(meta={}, state_dict=state_dict), paths['pth'])
     summary = save_sparse_checkpoint(paths['sparse.pth'], state_dict, masks)
     export_onnx(model, inputs, paths['onnx'])
@@ -76,6 +77,7 @@ def _write(name: str, model, state_dict, masks, inputs, out_dir: str) -> Dict:
 
 
 def _eager(network, inputs) -> Callable[[], object]:
+
     def run():
         with torch.no_grad():
             return network(inputs)
@@ -110,8 +112,10 @@ def bench_export(size: int, threads: int, sparsities: List[float],
     models = {'dense': (dense, dense.state_dict(), {})}
     for sparsity in sparsities:
         models[f'{sparsity:.0%}'] = _prune_and_fold(dense, sparsity)
-    files = {name: _write(name.rstrip('%'), *spec, inputs, out_dir)
-             for name, spec in models.items()}
+    files = {
+        name: _write(name.rstrip('%'), *spec, inputs, out_dir)
+        for name, spec in models.items()
+    }
     print(f'[export] files: {files}', flush=True)
 
     options = ort.SessionOptions()
@@ -123,7 +127,8 @@ def bench_export(size: int, threads: int, sparsities: List[float],
     for name, (model, _, _) in models.items():
         network = TensorModeModel(model).eval()
         session = ort.InferenceSession(
-            files[name]['onnx_path'], options,
+            files[name]['onnx_path'],
+            options,
             providers=['CPUExecutionProvider'])
         feed = {session.get_inputs()[0].name: inputs.numpy()}
         runners[(name, 'eager')] = _eager(network, inputs)

@@ -26,8 +26,9 @@ from epsd_mm.utils import register_checkpoint_safe_globals
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='the config the checkpoint was '
-                        'trained with')
+    parser.add_argument(
+        'config', help='the config the checkpoint was '
+        'trained with')
     parser.add_argument('checkpoint', help='pruned training checkpoint')
     parser.add_argument(
         '--out-dir', required=True, help='directory to write the files to')
@@ -56,12 +57,12 @@ def parse_args() -> argparse.Namespace:
 def size_table(files, source: str, dense_bytes: int) -> str:
     """File, size and ratio to the dense (folded) checkpoint."""
     table = PrettyTable(['file', 'size (KB)', 'ratio to dense'])
-    rows = [(source + ' (training)', osp.getsize(source))] + [
-        (osp.basename(path), size) for path, size in files
-        if not path.endswith('.py')
-    ]
+    rows = [(source + ' (training)', osp.getsize(source))
+            ] + [(osp.basename(path), size)
+                 for path, size in files if not path.endswith('.py')]
     for name, size in rows:
-        table.add_row([name, f'{size / 1024:,.1f}', f'{size / dense_bytes:.3f}'])
+        table.add_row(
+            [name, f'{size / 1024:,.1f}', f'{size / dense_bytes:.3f}'])
     table.align = 'r'
     table.align['file'] = 'l'
     return table.get_string()

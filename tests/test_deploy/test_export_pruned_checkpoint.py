@@ -44,8 +44,8 @@ def test_folded_is_a_plain_checkpoint(exported, pruned):
     assert pruning['source_checkpoint'] == osp.abspath(pruned.checkpoint)
     # strict loading into the deployed network: no missing/unexpected keys
     deploy_cfg = Config.fromfile(osp.join(out_dir, 'deploy_config.py'))
-    load_checkpoint(build_model(deploy_cfg), osp.join(out_dir, 'folded.pth'),
-                    strict=True)
+    load_checkpoint(
+        build_model(deploy_cfg), osp.join(out_dir, 'folded.pth'), strict=True)
 
 
 def test_mmseg_init_model_gives_the_masked_logits(exported, pruned):
@@ -84,8 +84,10 @@ def test_refuses_a_config_of_another_model(pruned, tmp_path):
     cfg = copy.deepcopy(pruned.cfg)
     cfg.model.decode_head.channels = 24
     out = str(tmp_path / 'out')
-    with pytest.raises(ValueError, match='does not fit the model of .*demo.py'
-                       '.*shape mismatches.*config the checkpoint was trained'):
+    with pytest.raises(
+            ValueError,
+            match='does not fit the model of .*demo.py'
+            '.*shape mismatches.*config the checkpoint was trained'):
         export_pruned_checkpoint(cfg, pruned.checkpoint, out, log=_quiet)
     assert not osp.exists(out)
 
@@ -95,8 +97,8 @@ def test_refuses_an_output_dir_with_files_unless_forced(pruned, tmp_path):
     out.mkdir()
     (out / 'folded.pth').write_text('precious')
     with pytest.raises(FileExistsError, match='--force'):
-        export_pruned_checkpoint(pruned.cfg, pruned.checkpoint, str(out),
-                                 log=_quiet)
+        export_pruned_checkpoint(
+            pruned.cfg, pruned.checkpoint, str(out), log=_quiet)
     assert os.listdir(out) == ['folded.pth']
     assert (out / 'folded.pth').read_text() == 'precious'
     export_pruned_checkpoint(
