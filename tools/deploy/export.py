@@ -16,6 +16,7 @@ Example:
 """
 import argparse
 import os.path as osp
+import sys
 
 from mmengine.config import Config, DictAction
 from prettytable import PrettyTable
@@ -74,13 +75,18 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    result = export_pruned_checkpoint(
-        cfg,
-        args.checkpoint,
-        args.out_dir,
-        shape=args.shape,
-        onnx=args.onnx,
-        force=args.force)
+    try:
+        result = export_pruned_checkpoint(
+            cfg,
+            args.checkpoint,
+            args.out_dir,
+            shape=args.shape,
+            onnx=args.onnx,
+            force=args.force)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError,
+            ValueError) as error:
+        # bad input, refused before anything is written
+        sys.exit(f'export.py: error: {error}')
     for change in result.changes:
         print(f'deploy config: {change}')
     pruning = result.meta
