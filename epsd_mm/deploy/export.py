@@ -139,6 +139,7 @@ def export_pruned_checkpoint(
         ExportResult: The files written and the checks.
     """
     check_out_dir(out_dir, force)
+    shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
     ckpt = load_checkpoint_dict(checkpoint)
     try:
         folded_all, masks = fold_masks(ckpt['state_dict'])
@@ -151,7 +152,7 @@ def export_pruned_checkpoint(
     keys = list(plain.state_dict())
     changes += [
         f'dropped {key} (not part of the deployed network)'
-        for key in folded_all if key not in plain.state_dict()
+        for key in folded_all if key not in set(keys)
     ]
     kept = OrderedDict((k, folded_all[k]) for k in keys if k in folded_all)
     check_state_dict_fits(
@@ -163,7 +164,6 @@ def export_pruned_checkpoint(
         'please report this with both configs.')
     plain.load_state_dict(kept)
 
-    shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
     inputs = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
     logits_diff = _max_abs_diff(masked, plain, inputs)
