@@ -26,25 +26,33 @@ model = dict(
         norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, channels=16, norm_cfg=norm_cfg))
 
+# Transforms are built in mmseg's scope (as those inherited from mmseg::
+# configs are), so mmseg.apis.inference_model and MMSegInferencer, which
+# find transforms by their bare names, build this pipeline too.
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations'),
+    dict(type='LoadImageFromFile', _scope_='mmseg'),
+    dict(type='LoadAnnotations', _scope_='mmseg'),
     dict(
         type='RandomResize',
         scale=(128, 128),
         ratio_range=(0.75, 1.5),
-        keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='Pad', size=crop_size),
-    dict(type='PackSegInputs')
+        keep_ratio=True,
+        _scope_='mmseg'),
+    dict(
+        type='RandomCrop',
+        crop_size=crop_size,
+        cat_max_ratio=0.75,
+        _scope_='mmseg'),
+    dict(type='RandomFlip', prob=0.5, _scope_='mmseg'),
+    dict(type='PhotoMetricDistortion', _scope_='mmseg'),
+    dict(type='Pad', size=crop_size, _scope_='mmseg'),
+    dict(type='PackSegInputs', _scope_='mmseg')
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(128, 128), keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
+    dict(type='LoadImageFromFile', _scope_='mmseg'),
+    dict(type='Resize', scale=(128, 128), keep_ratio=True, _scope_='mmseg'),
+    dict(type='LoadAnnotations', _scope_='mmseg'),
+    dict(type='PackSegInputs', _scope_='mmseg')
 ]
 voc_train = dict(
     type='mmseg.PascalVOCDataset',

@@ -1,0 +1,30 @@
+"""From a pruned training checkpoint to a deliverable model.
+
+Typical use (what ``tools/deploy/export.py`` does)::
+
+    result = export_pruned_checkpoint(cfg, 'work_dirs/epsd/iter_20000.pth',
+                                      'deploy/', onnx=True)
+    state_dict = load_sparse_checkpoint('deploy/sparse.pth')
+
+and, for a (pruned) model, its params and FLOPs counting only the weights
+that work::
+
+    print(format_complexity_table(model_complexity(model, inputs)))
+"""
+from .complexity import (PartComplexity, format_complexity_table,
+                         model_complexity, zero_weight_masks)
+from .config import deploy_config, input_shape_from_cfg, plain_model_cfg
+from .export import ExportResult, check_out_dir, export_pruned_checkpoint
+from .fold import fold_masks
+from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
+from .sparse import (SparseSummary, identical_state_dicts,
+                     load_sparse_checkpoint, save_sparse_checkpoint)
+
+__all__ = [
+    'ExportResult', 'PartComplexity', 'SparseSummary', 'TensorModeModel',
+    'check_out_dir', 'deploy_config', 'export_onnx',
+    'export_pruned_checkpoint', 'fold_masks', 'format_complexity_table',
+    'identical_state_dicts', 'input_shape_from_cfg', 'load_sparse_checkpoint',
+    'model_complexity', 'onnx_max_abs_diff', 'plain_model_cfg',
+    'save_sparse_checkpoint', 'zero_weight_masks'
+]

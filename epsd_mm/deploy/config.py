@@ -1,0 +1,214 @@
+"""Turn a training config into the config of the deployed network.
+
+The deployed network is the trained one without what only training needs:
+no pruning or self-distillation hooks, and a plain model in place of the
+self-distilling wrapper. When nothing else of ``epsd_mm`` is left, the
+default scope becomes the model's package (``mmseg``), so mmseg alone can
+build and run it.
+"""
+import copy
+from functools import lru_cache
+from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
+
+from mmengine.config import Config, ConfigDict
+from mmengine.registry import Registry
+
+SCOPE = 'epsd_mm'
+
+
+def plain_model_cfg(model_cfg: dict) -> ConfigDict:
+    """The model config without self-distillation.
+
+    All knowledge of how a self-distilling model is configured lives here:
+
+    * ``type='epsd_mm.SelfDistillSegmentor'`` becomes its
+      ``segmentor_type`` (default ``'mmseg.EncoderDecoder'``);
+    * the SD keys (``sd_loss`` today, ``sd`` for SD-method plug-ins) are
+      dropped;
+    * other models (e.g. ``epsd_mm.CAMLocalizer``, plain mmseg segmentors)
+      keep their type.
+
+    Args:
+        model_cfg (dict): The ``model`` of a training config.
+
+    Returns:
+        ConfigDict: A copy without self-distillation.
+    """
+    cfg = ConfigDict(copy.deepcopy(dict(model_cfg)))
+    segmentor_type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
+    if _type_name(cfg.get('type')) == 'SelfDistillSegmentor':
+        cfg['type'] = segmentor_type
+    for key in ('sd_loss', 'sd'):
+        cfg.pop(key, None)
+    return cfg
+
+
+def _type_name(obj_type: Any) -> Optional[str]:
+    """``'EncoderDecoder'`` for ``'mmseg.EncoderDecoder'``, a class's name
+    for a class."""
+    if isinstance(obj_type, str):
+        return Registry.split_scope_key(obj_type)[1]
+    return getattr(obj_type, '__name__', None)
+
+
+@lru_cache(maxsize=None)
+def _epsd_mm_names() -> FrozenSet[str]:
+    """Names registered by epsd_mm itself (not inherited from parents)."""
+    from epsd_mm import registry as registries
+    names = set()
+    for value in vars(registries).values():
+        if isinstance(value, Registry) and value.scope == SCOPE:
+            value.import_from_location()
+            names.update(value.module_dict)
+    return frozenset(names)
+
+
+def _is_epsd_mm_type(cfg: dict, scope: Optional[str]) -> bool:
+    """Whether ``cfg`` builds an epsd_mm component (``scope``: the scope it
+    is built in when its type has no prefix)."""
+    obj_type = cfg.get('type')
+    if not isinstance(obj_type, str):
+        return getattr(obj_type, '__module__', '').startswith(SCOPE)
+    prefix, name = Registry.split_scope_key(obj_type)
+    return (prefix or cfg.get('_scope_',
+                              scope)) == SCOPE and (name in _epsd_mm_names())
+
+
+def _walk(node: Any, scope: Optional[str]) -> Iterator[Tuple[dict, str]]:
+    """Every dict with a ``type`` under ``node``, with the scope it is
+    built in (a ``_scope_`` applies to everything built inside)."""
+    if isinstance(node, dict):
+        scope = node.get('_scope_', scope)
+        if 'type' in node:
+            yield node, scope
+        for value in node.values():
+            yield from _walk(value, scope)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _walk(value, scope)
+
+
+def _needs_epsd_mm_scope(cfg: Config) -> bool:
+    """Whether some component is named without prefix and only epsd_mm
+    registers it, so the default scope must stay ``epsd_mm``."""
+    default_scope = cfg.get('default_scope')
+    for node, scope in _walk(cfg.to_dict(), default_scope):
+        obj_type = node['type']
+        if (isinstance(obj_type, str)
+                and Registry.split_scope_key(obj_type)[0] is None
+                and _is_epsd_mm_type(node, scope)):
+            return True
+    return False
+
+
+def _unlabeled_test_cfg(model_cfg: ConfigDict) -> Optional[str]:
+    """A deployed CAM localiser sees images without labels: it must take the
+    CAM of its predicted class, not of the ground truth."""
+    test_cfg = model_cfg.get('test_cfg') or {}
+    if (_type_name(model_cfg.get('type')) == 'CAMLocalizer'
+            and test_cfg.get('cam_class') == 'gt'):
+        model_cfg.test_cfg = dict(test_cfg, cam_class='pred')
+        return ("model.test_cfg.cam_class: 'gt' -> 'pred' (deployed images "
+                'carry no label)')
+    return None
+
+
+def _test_pipeline(cfg: Config) -> Optional[list]:
+    """The test dataset's pipeline (inside dataset wrappers too)."""
+    from mmdet.utils import get_test_pipeline_cfg
+    try:
+        return get_test_pipeline_cfg(cfg)
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+
+
+def _top_level_test_pipeline(cfg: Config) -> Optional[str]:
+    """``mmseg.apis.inference_model`` reads the top-level ``test_pipeline``
+    (MMSegInferencer and mmdet read the test dataloader's)."""
+    pipeline = _test_pipeline(cfg)
+    if 'test_pipeline' in cfg or pipeline is None:
+        return None
+    cfg.test_pipeline = copy.deepcopy(pipeline)
+    return "test_pipeline: copied from test_dataloader's (mmseg's " \
+        'inference_model reads it)'
+
+
+def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
+    """The config of the deployed (folded) network.
+
+    Drops every hook of an epsd_mm type from ``default_hooks`` and
+    ``custom_hooks`` (pruning, self-distillation), replaces the model by
+    :func:`plain_model_cfg`, adds a top-level ``test_pipeline`` if there is
+    none, and sets the default scope to the plain model's package when no
+    component needs the ``epsd_mm`` scope any more.
+
+    Args:
+        cfg (Config): The training config.
+
+    Returns:
+        tuple[Config, list[str]]: The deploy config and a description of
+        every change.
+    """
+    cfg = copy.deepcopy(cfg)
+    default_scope = cfg.get('default_scope')
+    changes = []
+    for key, hook in list(cfg.get('default_hooks', {}).items()):
+        if isinstance(hook, dict) and _is_epsd_mm_type(hook, default_scope):
+            cfg.default_hooks.pop(key)
+            changes.append(f'dropped default_hooks.{key} ({hook["type"]})')
+    if cfg.get('custom_hooks'):
+        kept = []
+        for hook in cfg.custom_hooks:
+            if _is_epsd_mm_type(hook, default_scope):
+                changes.append(f'dropped custom_hooks {hook["type"]}')
+            else:
+                kept.append(hook)
+        cfg.custom_hooks = kept
+
+    model = plain_model_cfg(cfg.model)
+    if model.to_dict() != cfg.model.to_dict():
+        changes.append(f'model: {cfg.model.type} -> {model.type} without '
+                       'self-distillation')
+    change = _unlabeled_test_cfg(model)
+    if change:
+        changes.append(change)
+    cfg.model = model
+
+    change = _top_level_test_pipeline(cfg)
+    if change:
+        changes.append(change)
+
+    model_scope = Registry.split_scope_key(model.type)[0] if isinstance(
+        model.type, str) else None
+    if (default_scope == SCOPE and model_scope not in (None, SCOPE)
+            and not _needs_epsd_mm_scope(cfg)):
+        cfg.default_scope = model_scope
+        changes.append(f"default_scope: '{SCOPE}' -> '{model_scope}'")
+    return cfg, changes
+
+
+def input_shape_from_cfg(cfg: Config) -> Tuple[int, int]:
+    """Input ``(H, W)`` of the network: the data preprocessor's fixed
+    ``size`` (mmseg's crop size), else the fixed-size ``Resize`` of the test
+    pipeline.
+
+    Args:
+        cfg (Config): A training or deploy config.
+
+    Returns:
+        tuple[int, int]: Height and width.
+    """
+    size = (cfg.model.get('data_preprocessor') or {}).get('size')
+    if size:
+        return int(size[0]), int(size[1])
+    for transform in _test_pipeline(cfg) or []:
+        scale = transform.get('scale')
+        if (_type_name(transform.get('type')) == 'Resize'
+                and not transform.get('keep_ratio', False)
+                and isinstance(scale, (tuple, list))):
+            width, height = scale  # mmcv's Resize takes (w, h)
+            return int(height), int(width)
+    raise ValueError(
+        'cannot infer the input size from the config (no fixed '
+        'data_preprocessor.size and no Resize(keep_ratio=False) in the test '
+        'pipeline); pass it explicitly, e.g. --shape 512 512')

@@ -1,0 +1,218 @@
+"""From a pruned training checkpoint to files a user can ship.
+
+:func:`export_pruned_checkpoint` checks everything first (output directory,
+masks, config against checkpoint, folded against masked outputs) and only
+then writes:
+
+* ``folded.pth``: a plain MMEngine checkpoint of the deployed network (masks
+  multiplied in, no mask buffers, no self-distillation state);
+* ``deploy_config.py``: the config of that network (see
+  :func:`~epsd_mm.deploy.deploy_config`);
+* ``sparse.pth``: the same weights, pruned tensors as bitmask plus values
+  (read with :func:`~epsd_mm.deploy.load_sparse_checkpoint`);
+* ``model.onnx`` (optional): the tensor-mode network, checked against
+  PyTorch with onnxruntime.
+"""
+import os
+import os.path as osp
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import torch
+from mmengine.config import Config
+from torch import Tensor, nn
+
+from .checkpoint import (build_masked_model, build_model,
+                         check_state_dict_fits, load_checkpoint_dict,
+                         pruning_meta, to_plain)
+from .config import deploy_config, input_shape_from_cfg
+from .fold import fold_masks
+from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
+from .sparse import (SparseSummary, identical_state_dicts,
+                     load_sparse_checkpoint, save_sparse_checkpoint)
+
+FOLDED = 'folded.pth'
+SPARSE = 'sparse.pth'
+CONFIG = 'deploy_config.py'
+ONNX = 'model.onnx'
+
+_CONFIG_HEADER = (
+    '# Deploy config written by tools/deploy/export.py from {source}.\n'
+    '# The trained network without pruning/self-distillation hooks and\n'
+    '# wrappers; load it with {folded}, e.g.\n'
+    '#   mmseg.apis.init_model(this_file, {folded})\n'
+    '#   mmdet.apis.init_detector(this_file, {folded})  (CAM localiser)\n'
+    '# Changes from the training config:\n{changes}\n')
+
+
+class ExportResult(NamedTuple):
+    """What :func:`export_pruned_checkpoint` wrote and checked.
+
+    Attributes:
+        files (list[tuple[str, int]]): Path and size in bytes of every file
+            written.
+        sparse (SparseSummary): Bytes of the pruned tensors, dense and
+            in ``sparse.pth``.
+        logits_diff (float): Max abs difference between the masked and the
+            folded model's outputs.
+        onnx_diff (float, optional): Max abs difference between onnxruntime
+            and PyTorch, if ONNX was exported.
+        meta (dict): The pruning record stored in the checkpoints.
+        changes (list[str]): What the deploy config changed, and state
+            dropped from the checkpoint.
+    """
+    files: List[Tuple[str, int]]
+    sparse: SparseSummary
+    logits_diff: float
+    onnx_diff: Optional[float]
+    meta: dict
+    changes: List[str]
+
+
+def check_out_dir(out_dir: str, force: bool) -> None:
+    """Refuse an output directory holding files, unless ``force``.
+
+    Args:
+        out_dir (str): The output directory.
+        force (bool): Whether files in it may be overwritten.
+    """
+    if osp.exists(out_dir) and not osp.isdir(out_dir):
+        raise NotADirectoryError(
+            f'--out-dir {out_dir} is a file; pass a directory')
+    if osp.isdir(out_dir) and os.listdir(out_dir) and not force:
+        present = ', '.join(sorted(os.listdir(out_dir))[:5])
+        raise FileExistsError(
+            f'--out-dir {out_dir} already holds files ({present}); choose a '
+            'new directory, or pass --force to overwrite them')
+
+
+@torch.no_grad()
+def _max_abs_diff(first: nn.Module, second: nn.Module,
+                  inputs: Tensor) -> float:
+    a = TensorModeModel(first)(inputs)
+    b = TensorModeModel(second)(inputs)
+    return float((a - b).abs().max())
+
+
+def _folded_meta(checkpoint: dict, deploy_cfg: Config, pruning: dict) -> dict:
+    meta = {k: v for k, v in checkpoint.get('meta', {}).items() if k != 'cfg'}
+    meta = to_plain(meta)
+    meta.update(
+        cfg=deploy_cfg.pretty_text,
+        pruning=pruning,
+        exported_at=time.strftime('%Y%m%d_%H%M%S'))
+    return meta
+
+
+def export_pruned_checkpoint(
+        cfg: Config,
+        checkpoint: str,
+        out_dir: str,
+        shape: Optional[Tuple[int, int]] = None,
+        onnx: bool = False,
+        force: bool = False,
+        atol: float = 1e-5,
+        onnx_atol: float = 1e-4,
+        log: Callable[[str], None] = print) -> ExportResult:
+    """Export a pruned checkpoint to folded, sparse (and ONNX) files.
+
+    Args:
+        cfg (Config): The config the checkpoint was trained with.
+        checkpoint (str): The pruned training checkpoint.
+        out_dir (str): Where to write; must be empty or new unless
+            ``force``.
+        shape (tuple[int, int], optional): Input ``(H, W)`` for the output
+            checks and ONNX. Defaults to the config's (see
+            :func:`~epsd_mm.deploy.config.input_shape_from_cfg`).
+        onnx (bool): Also write and check ``model.onnx``. Defaults to False.
+        force (bool): Overwrite files in ``out_dir``. Defaults to False.
+        atol (float): Largest accepted difference between the masked and
+            the folded model's outputs. Defaults to 1e-5.
+        onnx_atol (float): Largest accepted difference between onnxruntime
+            and PyTorch. Defaults to 1e-4.
+        log (Callable[[str], None]): Progress messages. Defaults to print.
+
+    Returns:
+        ExportResult: The files written and the checks.
+    """
+    check_out_dir(out_dir, force)
+    shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
+    ckpt = load_checkpoint_dict(checkpoint)
+    try:
+        folded_all, masks = fold_masks(ckpt['state_dict'])
+    except ValueError as error:
+        raise ValueError(f'{checkpoint}: {error}') from None
+    masked = build_masked_model(cfg, ckpt['state_dict'], checkpoint)
+
+    deploy_cfg, changes = deploy_config(cfg)
+    plain = build_model(deploy_cfg)
+    keys = list(plain.state_dict())
+    changes += [
+        f'dropped {key} (not part of the deployed network)'
+        for key in folded_all if key not in set(keys)
+    ]
+    kept = OrderedDict((k, folded_all[k]) for k in keys if k in folded_all)
+    check_state_dict_fits(
+        plain,
+        kept,
+        f'the folded {checkpoint}',
+        'the deploy config',
+        hint='The deploy config does not describe the trained network; '
+        'please report this with both configs.')
+    plain.load_state_dict(kept)
+
+    inputs = torch.randn(
+        1, 3, *shape, generator=torch.Generator().manual_seed(0))
+    logits_diff = _max_abs_diff(masked, plain, inputs)
+    log(f'folded vs masked model outputs on a {shape[0]}x{shape[1]} input: '
+        f'max abs diff {logits_diff:.2e} (tolerance {atol:.0e})')
+    if logits_diff > atol:
+        raise RuntimeError(
+            'the folded model differs from the masked one by '
+            f'{logits_diff:.2e} > {atol:.0e}; nothing was written. Check that '
+            'the config is the one the checkpoint was trained with.')
+
+    pruning = pruning_meta(ckpt, cfg, masks, checkpoint)
+    meta = _folded_meta(ckpt, deploy_cfg, pruning)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {
+        name: osp.join(out_dir, name)
+        for name in (FOLDED, CONFIG, SPARSE, ONNX)
+    }
+    with open(paths[CONFIG], 'w', encoding='utf-8') as f:
+        f.write(
+            _CONFIG_HEADER.format(
+                source=osp.basename(checkpoint),
+                folded=FOLDED,
+                changes='\n'.join(f'#   {c}'
+                                  for c in changes)) + deploy_cfg.pretty_text)
+    torch.save(dict(meta=meta, state_dict=kept), paths[FOLDED])
+    sparse_masks = {k: m for k, m in masks.items() if k in kept}
+    summary = save_sparse_checkpoint(paths[SPARSE], kept, sparse_masks, meta)
+    if not identical_state_dicts(load_sparse_checkpoint(paths[SPARSE]), kept):
+        raise RuntimeError(f'{paths[SPARSE]} does not decode to the folded '
+                           'state dict; please report this.')
+    log(f'{SPARSE} decodes to {FOLDED} bit for bit; pruned tensors take '
+        f'{summary.ratio:.3f}x their dense bytes')
+    written = [paths[FOLDED], paths[SPARSE], paths[CONFIG]]
+
+    onnx_diff = None
+    if onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp_path = osp.join(tmp, ONNX)
+            export_onnx(plain, inputs, tmp_path)
+            onnx_diff = onnx_max_abs_diff(tmp_path, plain, inputs)
+            log(f'ONNX check (onnxruntime vs PyTorch, {shape[0]}x{shape[1]}):'
+                f' max abs diff {onnx_diff:.2e} (tolerance {onnx_atol:.0e}) '
+                f'{"OK" if onnx_diff <= onnx_atol else "FAILED"}')
+            if onnx_diff > onnx_atol:
+                raise RuntimeError(
+                    f'onnxruntime differs from PyTorch by {onnx_diff:.2e} > '
+                    f'{onnx_atol:.0e}; {ONNX} was not written.')
+            shutil.move(tmp_path, paths[ONNX])
+        written.append(paths[ONNX])
+    return ExportResult([(p, osp.getsize(p)) for p in written], summary,
+                        logits_diff, onnx_diff, pruning, changes)

@@ -1,0 +1,75 @@
+"""tools/analysis/get_flops.py on a pruned checkpoint of the tiny EPSD
+model."""
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.analysis import FlopAnalyzer, parameter_count
+
+from epsd_mm.deploy.checkpoint import build_model
+from epsd_mm.pruning import (apply_masks, prunable_parameters, random_scores,
+                             select_masks)
+
+TIMEOUT = 300
+
+
+def _total(stdout: str):
+    """(params, effective params, FLOPs, effective FLOPs) of the total
+    row."""
+    row = re.search(r'\| total +\|(.*)\|', stdout).group(1)
+    cells = [c.strip().replace(',', '') for c in row.split('|')]
+    return int(cells[0]), int(cells[1]), int(cells[3]), int(cells[4])
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory, voc_root, helpers):
+    """Tiny config file, a checkpoint of it pruned to 80% with random masks,
+    and the model."""
+    tmp = tmp_path_factory.mktemp('flops')
+    cfg = helpers.make_tiny_cfg(voc_root, str(tmp / 'work'))
+    cfg_path = str(tmp / 'tiny.py')
+    cfg.dump(cfg_path)
+    model = build_model(cfg)
+    masks = select_masks(
+        random_scores(prunable_parameters(model, ('backbone', ))), 0.8)
+    apply_masks(model, masks)
+    checkpoint = str(tmp / 'pruned.pth')
+    torch.save(dict(meta={}, state_dict=model.state_dict()), checkpoint)
+    return cfg_path, checkpoint, model, masks
+
+
+def _get_flops(helpers, *args) -> str:
+    proc = subprocess.run([
+        sys.executable,
+        osp.join(helpers.repo_root, 'tools', 'analysis', 'get_flops.py'), *args
+    ],
+                          env=helpers.subprocess_env(),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def test_get_flops_of_a_pruned_checkpoint(tiny, helpers):
+    cfg_path, checkpoint, model, masks = tiny
+    dense_flops = FlopAnalyzer(model, (torch.zeros(1, 3, 64, 64), )).total()
+    params = parameter_count(model)['']
+
+    pruned = _get_flops(helpers, cfg_path, checkpoint)
+    assert 'input 1x3x64x64' in pruned and 'the masks of' in pruned
+    total, effective, flops, effective_flops = _total(pruned)
+    assert (total, flops) == (params, dense_flops)
+    assert effective == params - sum(int((~m).sum()) for m in masks.values())
+    # 80% of the backbone's conv MACs are gone; BN, heads etc. remain
+    backbone = re.search(r'\| backbone +\|(.*)\|', pruned).group(1)
+    cells = [
+        int(c.strip().replace(',', '')) for c in backbone.split('|')
+        if c.strip() and '.' not in c
+    ]
+    assert cells[3] < 0.3 * cells[2]
+    assert effective_flops < flops

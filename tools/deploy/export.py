@@ -1,0 +1,106 @@
+"""Export a pruned checkpoint: folded and sparse checkpoints, deploy config,
+optionally ONNX.
+
+Writes to ``--out-dir``:
+
+    folded.pth         plain MMEngine checkpoint, masks multiplied in
+    deploy_config.py   the network's config without epsd_mm hooks/wrappers
+    sparse.pth         pruned tensors as bitmask + kept values
+                       (epsd_mm.deploy.load_sparse_checkpoint)
+    model.onnx         with --onnx: model(inputs, mode='tensor'), checked
+                       against PyTorch with onnxruntime
+
+Example:
+    python tools/deploy/export.py configs/epsd_deeplab_voc.py \
+        work_dirs/epsd/iter_20000.pth --out-dir work_dirs/epsd/deploy --onnx
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+from prettytable import PrettyTable
+
+from epsd_mm.deploy import export_pruned_checkpoint
+from epsd_mm.utils import register_checkpoint_safe_globals
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        'config', help='the config the checkpoint was '
+        'trained with')
+    parser.add_argument('checkpoint', help='pruned training checkpoint')
+    parser.add_argument(
+        '--out-dir', required=True, help='directory to write the files to')
+    parser.add_argument(
+        '--onnx', action='store_true', help='also export model.onnx')
+    parser.add_argument(
+        '--shape',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help='input size of the checks and of the ONNX graph (default: '
+        "the config's crop size or fixed test Resize)")
+    parser.add_argument(
+        '--force',
+        action='store_true',
+        help='overwrite files in an --out-dir that is not empty')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, e.g. the ones the run was '
+        'trained with on the command line')
+    return parser.parse_args()
+
+
+def size_table(files, source: str, dense_bytes: int) -> str:
+    """File, size and ratio to the dense (folded) checkpoint."""
+    table = PrettyTable(['file', 'size (KB)', 'ratio to dense'])
+    rows = [(source + ' (training)', osp.getsize(source))
+            ] + [(osp.basename(path), size)
+                 for path, size in files if not path.endswith('.py')]
+    for name, size in rows:
+        table.add_row(
+            [name, f'{size / 1024:,.1f}', f'{size / dense_bytes:.3f}'])
+    table.align = 'r'
+    table.align['file'] = 'l'
+    return table.get_string()
+
+
+def main() -> None:
+    args = parse_args()
+    register_checkpoint_safe_globals()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    try:
+        result = export_pruned_checkpoint(
+            cfg,
+            args.checkpoint,
+            args.out_dir,
+            shape=args.shape,
+            onnx=args.onnx,
+            force=args.force)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError,
+            ValueError) as error:
+        # bad input, refused before anything is written
+        sys.exit(f'export.py: error: {error}')
+    for change in result.changes:
+        print(f'deploy config: {change}')
+    pruning = result.meta
+    print(f'sparsity {pruning["sparsity"]:.4f} of {pruning["prunable"]:,} '
+          f'prunable weights in {pruning["masked_tensors"]} tensors '
+          f'(criterion: {pruning["criterion"]}, hook: '
+          f'{pruning["pruning_hook"]}, read from {pruning["config_source"]})')
+    dense_bytes = result.files[0][1]
+    print(size_table(result.files, args.checkpoint, dense_bytes))
+    print(f'pruned tensors: {result.sparse.dense_bytes / 1024:,.1f} KB dense '
+          f'-> {result.sparse.sparse_bytes / 1024:,.1f} KB in sparse.pth '
+          f'({result.sparse.ratio:.3f}x)')
+    print(f'written to {args.out_dir}')
+
+
+if __name__ == '__main__':
+    main()
