@@ -40,22 +40,35 @@ torch.set_num_threads(1)
 
 def train_pipeline(random_aug: bool = True) -> list:
     """The demo's train pipeline at 64 px; ``random_aug=False`` keeps only
-    deterministic transforms (every pass over a sample is identical)."""
-    pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
+    deterministic transforms (every pass over a sample is identical).
+    Transforms are built in mmseg's scope, as in the demo configs."""
+    pipeline = [
+        dict(type='LoadImageFromFile', _scope_='mmseg'),
+        dict(type='LoadAnnotations', _scope_='mmseg')
+    ]
     if random_aug:
         pipeline += [
             dict(
                 type='RandomResize',
                 scale=CROP,
                 ratio_range=(0.75, 1.5),
-                keep_ratio=True),
-            dict(type='RandomCrop', crop_size=CROP, cat_max_ratio=0.75),
-            dict(type='RandomFlip', prob=0.5),
-            dict(type='PhotoMetricDistortion'),
+                keep_ratio=True,
+                _scope_='mmseg'),
+            dict(
+                type='RandomCrop',
+                crop_size=CROP,
+                cat_max_ratio=0.75,
+                _scope_='mmseg'),
+            dict(type='RandomFlip', prob=0.5, _scope_='mmseg'),
+            dict(type='PhotoMetricDistortion', _scope_='mmseg'),
         ]
     else:
-        pipeline.append(dict(type='Resize', scale=CROP, keep_ratio=True))
-    pipeline += [dict(type='Pad', size=CROP), dict(type='PackSegInputs')]
+        pipeline.append(
+            dict(type='Resize', scale=CROP, keep_ratio=True, _scope_='mmseg'))
+    pipeline += [
+        dict(type='Pad', size=CROP, _scope_='mmseg'),
+        dict(type='PackSegInputs', _scope_='mmseg')
+    ]
     return pipeline
 
 
@@ -66,10 +79,10 @@ UNUSED_TOP_LEVEL = ('dataset_train', 'dataset_aug', 'voc_train', 'voc_aug',
                     'data_preprocessor', 'vis_backends')
 
 TEST_PIPELINE = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=CROP, keep_ratio=True),
-    dict(type='LoadAnnotations'),
-    dict(type='PackSegInputs')
+    dict(type='LoadImageFromFile', _scope_='mmseg'),
+    dict(type='Resize', scale=CROP, keep_ratio=True, _scope_='mmseg'),
+    dict(type='LoadAnnotations', _scope_='mmseg'),
+    dict(type='PackSegInputs', _scope_='mmseg')
 ]
 
 

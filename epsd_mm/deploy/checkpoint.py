@@ -10,8 +10,10 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
-from epsd_mm.pruning import attach_mask_buffers, masked_param_names
+from epsd_mm.pruning import (attach_mask_buffers, check_masked_state_dict,
+                             masked_param_names, rename_legacy_mask_keys)
 from epsd_mm.registry import HOOKS, MODELS
+from epsd_mm.utils import register_checkpoint_safe_globals
 
 #: Pruning hooks whose criterion is implied rather than configured.
 IMPLIED_CRITERIA = {'GradualPruningHook': 'magnitude'}
@@ -24,15 +26,19 @@ def load_checkpoint_dict(path: str) -> dict:
         path (str): A ``.pth`` file written by MMEngine.
 
     Returns:
-        dict: The checkpoint, with its ``state_dict``.
+        dict: The checkpoint, with its ``state_dict`` (mask keys of older
+        epsd_mm versions renamed, integrity checked).
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {path} does not exist')
+    register_checkpoint_safe_globals()
     checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     if 'state_dict' not in checkpoint:
         raise ValueError(
             f'{path} has no "state_dict": it is not an MMEngine checkpoint '
             '(write one with tools/train.py).')
+    rename_legacy_mask_keys(checkpoint['state_dict'])
+    check_masked_state_dict(checkpoint['state_dict'], path)
     return checkpoint
 
 

@@ -23,8 +23,7 @@ def plain_model_cfg(model_cfg: dict) -> ConfigDict:
 
     * ``type='epsd_mm.SelfDistillSegmentor'`` becomes its
       ``segmentor_type`` (default ``'mmseg.EncoderDecoder'``);
-    * the SD keys (``sd_loss`` today, ``sd`` for SD-method plug-ins) are
-      dropped;
+    * the SD method (``sd``) is dropped;
     * other models (e.g. ``epsd_mm.CAMLocalizer``, plain mmseg segmentors)
       keep their type.
 
@@ -38,8 +37,7 @@ def plain_model_cfg(model_cfg: dict) -> ConfigDict:
     segmentor_type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
     if _type_name(cfg.get('type')) == 'SelfDistillSegmentor':
         cfg['type'] = segmentor_type
-    for key in ('sd_loss', 'sd'):
-        cfg.pop(key, None)
+    cfg.pop('sd', None)
     return cfg
 
 

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
+from epsd_mm.pruning import load_masks_with_state_dict
 from epsd_mm.registry import SD_METHODS
 from .sd_methods import BaseSDMethod
 
@@ -66,7 +67,7 @@ class SelfDistillMixin:
     """
 
     def init_self_distill(self, sd: Optional[dict]) -> None:
-        """Build the SD method.
+        """Build the SD method; pruned checkpoints load with their masks.
 
         Args:
             sd (dict, optional): SD method config, e.g. ``dict(type='DLB')``.
@@ -74,6 +75,8 @@ class SelfDistillMixin:
         """
         self.sd = build_sd_method(sd)
         self.sd_enabled = self.sd is not None
+        # e.g. mmseg.apis.init_model on a training config and checkpoint
+        load_masks_with_state_dict(self)
 
     def sd_snapshot(self) -> nn.Module:
         """A frozen copy of the model (eval mode, no grad, no SD method)."""

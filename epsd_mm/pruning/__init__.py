@@ -20,7 +20,8 @@ from .criteria import (SCORERS, check_criterion_options, compute_scores,
                        snip_scores, synflow_scores)
 from .masks import (LEGACY_MASK_SUFFIX, MASK_SUFFIX, apply_masks,
                     attach_mask_buffers, check_masked_state_dict,
-                    enforce_masks, get_masks, masked_param_names,
+                    enforce_masks, get_masks, load_masks_with_state_dict,
+                    masked_param_names,
                     register_mask_enforcement, remove_masks,
                     rename_legacy_mask_keys)
 from .params import PRUNABLE_WEIGHTS, normalize_scopes, prunable_parameters
@@ -34,7 +35,8 @@ __all__ = [
     'check_criterion_options', 'check_masked_state_dict', 'check_sparsity',
     'compute_scores', 'criterion_needs_batches', 'criterion_options',
     'enforce_masks', 'format_sparsity_table', 'get_masks', 'get_scorer',
-    'grasp_scores', 'magnitude_scores', 'masked_param_names',
+    'grasp_scores', 'load_masks_with_state_dict', 'magnitude_scores',
+    'masked_param_names',
     'normalize_scopes', 'overall_sparsity', 'prospr_meta_gradients',
     'prospr_scores', 'prunable_parameters', 'random_scores',
     'register_mask_enforcement', 'remove_masks', 'rename_legacy_mask_keys',

@@ -215,6 +215,36 @@ def rename_legacy_mask_keys(state_dict: Dict[str, Tensor]) -> List[str]:
     return renamed
 
 
+class _AttachMasksOnLoad:
+    """``load_state_dict`` pre-hook: mask buffers for the masks a state dict
+    brings (legacy names renamed), so it loads without unexpected keys."""
+
+    def __call__(self, module: nn.Module, state_dict: Dict[str, Tensor],
+                 prefix: str, *args) -> None:
+        rename_legacy_mask_keys(state_dict)
+        names = [
+            name[len(prefix):] for name in masked_param_names(state_dict)
+            if name.startswith(prefix)
+        ]
+        if names:
+            attach_mask_buffers(module, names)
+
+
+def load_masks_with_state_dict(model: nn.Module) -> None:
+    """Let ``model.load_state_dict`` restore pruning masks by itself.
+
+    A freshly built model has no mask buffers, so loading a pruned
+    checkpoint into it (``mmseg.apis.init_model``, ``load_checkpoint``)
+    would report the masks as unexpected keys and drop them. With this
+    pre-hook the masks found in the state dict are attached first and load
+    with the weights.
+
+    Args:
+        model (nn.Module): The model (e.g. in its ``__init__``).
+    """
+    model.register_load_state_dict_pre_hook(_AttachMasksOnLoad())
+
+
 def check_masked_state_dict(state_dict: Mapping[str, Tensor],
                             source: str = 'the checkpoint') -> None:
     """Refuse a state dict whose tensors cannot be a trained pruned model.

@@ -71,6 +71,26 @@ def test_mmseg_inference_on_an_exported_checkpoint(pruned, voc_image, tmp_path,
     assert torch.equal(expected.pred_sem_seg.data, result.pred_sem_seg.data)
 
 
+def test_mmseg_inference_on_a_raw_pruned_checkpoint(pruned, voc_image,
+                                                    capsys):
+    """The training config and checkpoint themselves: the masks load with
+    the weights (no unexpected keys) and predictions are the masked
+    model's."""
+    from mmseg.apis import inference_model, init_model
+    from epsd_mm.pruning import get_masks
+    cfg = Config.fromfile(pruned.cfg_path)
+    cfg.test_pipeline = cfg.test_dataloader.dataset.pipeline  # mmseg reads
+    model = init_model(cfg, pruned.checkpoint, device='cpu')
+    assert 'unexpected key' not in capsys.readouterr().out
+    masks = get_masks(model)
+    assert masks.keys() == pruned.masks.keys()
+    assert all(torch.equal(masks[k], pruned.masks[k]) for k in masks)
+    pruned.model.cfg = cfg
+    expected = inference_model(pruned.model, voc_image)
+    result = inference_model(model, voc_image)
+    assert torch.equal(expected.seg_logits.data, result.seg_logits.data)
+
+
 def test_mmdet_inference_on_the_cam_demo_config(cub_image):
     from mmdet.apis import inference_detector, init_detector
 

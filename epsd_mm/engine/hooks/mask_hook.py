@@ -6,6 +6,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from torch import nn
 
+from epsd_mm.deploy.complexity import (format_complexity_table,
+                                       model_complexity)
 from epsd_mm.pruning import (attach_mask_buffers, check_masked_state_dict,
                              format_sparsity_table, get_masks,
                              masked_param_names, overall_sparsity,
@@ -54,9 +56,11 @@ class BaseMaskHook(Hook):
       checkpoint without masks;
     * :meth:`enforce` keeps pruned weights exactly zero after every
       optimizer step (momentum, weight decay, Adam, AMP);
-    * the overall sparsity joins the val/test metrics, logged next to mIoU
-      and the like; per-layer sparsity goes to the log and to the
-      visualizer's backends (TensorBoard, W&B, ...) as scalars.
+    * the overall sparsity and the effective parameter count (pruned
+      weights excluded) join the val/test metrics, logged next to mIoU and
+      the like; per-layer sparsity goes to the log and to the visualizer's
+      backends (TensorBoard, W&B, ...) as scalars, with the dense and
+      effective params (and FLOPs, given an input) per part.
 
     Priority is HIGHEST: masks exist before other hooks train, and the
     sparsity enters the metrics before ``RuntimeInfoHook`` (VERY_HIGH) logs
@@ -155,20 +159,35 @@ class BaseMaskHook(Hook):
             self._enforcement = register_mask_enforcement(
                 runner.optim_wrapper.optimizer, unwrap_model(runner.model))
 
-    def log_sparsity(self, runner) -> None:
-        """Per-layer table to the log, per-layer scalars to the visualizer."""
-        stats = sparsity_stats(unwrap_model(runner.model))
+    def log_sparsity(self, runner,
+                     inputs: Optional[torch.Tensor] = None) -> None:
+        """Per-layer table to the log, per-layer scalars to the visualizer,
+        and dense vs effective params (and FLOPs on ``inputs``, e.g. one
+        sample of a batch) per part of the model."""
+        model = unwrap_model(runner.model)
+        stats = sparsity_stats(model)
         runner.logger.info(f'{type(self).__name__}: per-layer sparsity\n' +
                            format_sparsity_table(stats))
         scalars = {f'sparsity/{s.name}': s.sparsity for s in stats}
         scalars['sparsity/total'] = overall_sparsity(stats)
         runner.visualizer.add_scalars(scalars, step=runner.iter)
+        training = model.training
+        try:
+            rows = model_complexity(model.eval(), inputs)
+        finally:
+            model.train(training)
+        runner.logger.info(f'{type(self).__name__}: params and FLOPs, '
+                           'dense and effective (pruned weights do no '
+                           'work)\n' + format_complexity_table(rows))
 
     def _add_sparsity(self, runner, metrics: Optional[Dict[str,
                                                            float]]) -> None:
-        stats = sparsity_stats(unwrap_model(runner.model))
+        model = unwrap_model(runner.model)
+        stats = sparsity_stats(model)
         if metrics is not None and stats:
             metrics['sparsity'] = overall_sparsity(stats)
+            metrics['effective_params'] = model_complexity(
+                model)[-1].effective_params
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self._add_sparsity(runner, metrics)
