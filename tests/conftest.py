@@ -10,6 +10,8 @@ import itertools
 import os
 import os.path as osp
 import socket
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Callable, Dict, Optional
 
@@ -215,6 +217,51 @@ def subprocess_env() -> dict:
     return env
 
 
+def run_python(*args: str, cwd: str,
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python *args`` as a user would (stdout and stderr merged)."""
+    return subprocess.run([sys.executable, *args],
+                          cwd=cwd,
+                          env=subprocess_env(),
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          text=True,
+                          timeout=timeout)
+
+
+def failure_text(proc: subprocess.CompletedProcess) -> str:
+    """The error lines and the tail of a failed subprocess' output."""
+    lines = proc.stdout.splitlines()
+    errors = [line for line in lines if 'Error' in line or 'error:' in line]
+    return '\n'.join(errors[-20:] + ['...'] + lines[-40:])
+
+
+@pytest.fixture(scope='session')
+def tool_run(tmp_path_factory, voc_root) -> SimpleNamespace:
+    """``tools/train.py`` on the dumped tiny config, sparsity changed on the
+    command line (0.8), 2 iterations: the config path, work_dir,
+    checkpoint and stdout, shared by the tests of every tool."""
+    tmp = tmp_path_factory.mktemp('tools')
+    cfg = make_tiny_cfg(voc_root, str(tmp / 'unused'), max_iters=2)
+    cfg_path = str(tmp / 'tiny_epsd.py')
+    cfg.dump(cfg_path)
+    work_dir = str(tmp / 'work')
+    proc = run_python(
+        osp.join(REPO_ROOT, 'tools', 'train.py'),
+        cfg_path,
+        '--work-dir',
+        work_dir,
+        '--cfg-options',
+        'default_hooks.pruning.sparsity=0.8',
+        cwd=str(tmp))
+    assert proc.returncode == 0, failure_text(proc)
+    return SimpleNamespace(
+        cfg_path=cfg_path,
+        work_dir=work_dir,
+        checkpoint=osp.join(work_dir, 'iter_2.pth'),
+        stdout=proc.stdout)
+
+
 @pytest.fixture(scope='session')
 def helpers() -> SimpleNamespace:
     """Helper functions for tests (test files cannot import conftest)."""
@@ -223,6 +270,8 @@ def helpers() -> SimpleNamespace:
         checkpoints=checkpoints,
         free_port=free_port,
         subprocess_env=subprocess_env,
+        run_python=run_python,
+        failure_text=failure_text,
         make_tiny_cfg=make_tiny_cfg,
         train_pipeline=train_pipeline,
         test_pipeline=TEST_PIPELINE,

@@ -18,44 +18,14 @@ from epsd_mm.datasets.demo_voc import write_voc_demo
 TIMEOUT = 300
 
 
-def _failure(proc) -> str:
-    """The error lines and the tail of a failed subprocess' output."""
-    lines = proc.stdout.splitlines()
-    errors = [l for l in lines if 'Error' in l or 'error:' in l]
-    return '\n'.join(errors[-20:] + ['...'] + lines[-40:])
-
-
 def _run(helpers, *args, cwd):
-    proc = subprocess.run([sys.executable, *args],
-                          cwd=cwd,
-                          env=helpers.subprocess_env(),
-                          stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT,
-                          text=True,
-                          timeout=TIMEOUT)
-    return proc
+    return helpers.run_python(*args, cwd=cwd, timeout=TIMEOUT)
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, voc_root, helpers):
-    """tools/train.py on the tiny config, sparsity changed on the command
-    line; returns (config path, work_dir, stdout)."""
-    tmp = tmp_path_factory.mktemp('tools')
-    cfg = helpers.make_tiny_cfg(voc_root, str(tmp / 'unused'), max_iters=2)
-    cfg_path = str(tmp / 'tiny_epsd.py')
-    cfg.dump(cfg_path)
-    work_dir = str(tmp / 'work')
-    proc = _run(
-        helpers,
-        osp.join(helpers.repo_root, 'tools', 'train.py'),
-        cfg_path,
-        '--work-dir',
-        work_dir,
-        '--cfg-options',
-        'default_hooks.pruning.sparsity=0.8',
-        cwd=str(tmp))
-    assert proc.returncode == 0, _failure(proc)
-    return cfg_path, work_dir, proc.stdout
+@pytest.fixture
+def trained(tool_run):
+    """(config path, work_dir, stdout) of the shared tools/train.py run."""
+    return tool_run.cfg_path, tool_run.work_dir, tool_run.stdout
 
 
 def test_train_tool(trained):
@@ -91,10 +61,10 @@ def test_test_tool_prints_miou_and_sparsity(trained, helpers, tmp_path):
         'train_dataloader.dataset.datasets.0.data_root=/nowhere',
         'train_dataloader.dataset.datasets.1.data_root=/nowhere',
         cwd=str(tmp_path))
-    assert proc.returncode == 0, _failure(proc)
+    assert proc.returncode == 0, helpers.failure_text(proc)
     lines = [l for l in proc.stdout.splitlines()
              if 'mIoU' in l and 'sparsity' in l]
-    assert len(lines) == 1, _failure(proc)
+    assert len(lines) == 1, helpers.failure_text(proc)
     miou = float(re.search(r'mIoU: ([\d.]+)', lines[0]).group(1))
     sparsity = float(re.search(r'sparsity: ([\d.]+)', lines[0]).group(1))
     assert 0 <= miou <= 100
@@ -138,9 +108,9 @@ def test_dist_test_script_uses_the_venv(trained, helpers, voc_root,
                           stderr=subprocess.STDOUT,
                           text=True,
                           timeout=TIMEOUT)
-    assert proc.returncode == 0, _failure(proc)
+    assert proc.returncode == 0, helpers.failure_text(proc)
     assert 'No module named' not in proc.stdout
-    assert re.search(r'mIoU: [\d.]+', proc.stdout), _failure(proc)
+    assert re.search(r'mIoU: [\d.]+', proc.stdout), helpers.failure_text(proc)
 
 
 @pytest.mark.parametrize('script', ['dist_train.sh', 'dist_test.sh',
@@ -175,7 +145,7 @@ def test_train_tool_resume(trained, helpers, tmp_path):
         'train_cfg.max_iters=3',
         'train_cfg.val_interval=100',
         cwd=str(tmp_path))
-    assert proc.returncode == 0, _failure(proc)
+    assert proc.returncode == 0, helpers.failure_text(proc)
     assert 'masks restored from the checkpoint; not re-scoring' in proc.stdout
     assert 'Iter(train) [3/3]' in proc.stdout
     assert 'Iter(train) [1/3]' not in proc.stdout
@@ -221,7 +191,7 @@ def test_train_tool_bad_data_fails_early(broken, tmp_path, helpers):
         cwd=str(tmp_path))
     assert proc.returncode != 0
     for text in expected:
-        assert text in proc.stdout, _failure(proc)
+        assert text in proc.stdout, helpers.failure_text(proc)
     assert 'Data check:' not in proc.stdout
     assert not work_dir.exists() or helpers.checkpoints(str(work_dir)) == []
 
@@ -267,7 +237,7 @@ def test_make_demo_data_voc(tmp_path, helpers):
         '--image-size',
         '48',
         cwd=str(tmp_path))
-    assert proc.returncode == 0, _failure(proc)
+    assert proc.returncode == 0, helpers.failure_text(proc)
     cli = osp.join(out, 'VOCdevkit', 'VOC2012')
     assert cli in proc.stdout
     api = write_voc_demo(

@@ -4,6 +4,7 @@ from typing import Any, Dict, Optional
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.runner import BaseLoop
 from torch import nn
 
 from epsd_mm.deploy.complexity import (format_complexity_table,
@@ -22,6 +23,13 @@ META_KEY = 'epsd_pruning'
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The bare model inside a DDP/FSDP wrapper."""
     return model.module if is_model_wrapper(model) else model
+
+
+def is_training_run(runner) -> bool:
+    """Whether the runner was started with ``train()``: only then is its
+    train loop built before ``before_run`` (``test()`` and ``val()`` leave
+    it a config, and building it would load the training data)."""
+    return isinstance(getattr(runner, '_train_loop', None), BaseLoop)
 
 
 def check_checkpoint(checkpoint: dict, source: str) -> None:

@@ -2,7 +2,7 @@
 from mmengine.hooks import Hook
 
 from epsd_mm.registry import HOOKS
-from .mask_hook import unwrap_model
+from .mask_hook import is_training_run, unwrap_model
 
 #: Top-level checkpoint key of the SD method's state.
 SD_STATE_KEY = 'sd_state'
@@ -38,7 +38,7 @@ class SelfDistillHook(Hook):
 
     def before_run(self, runner) -> None:
         _, method = self._method(runner)
-        if method is not None:
+        if method is not None and is_training_run(runner):
             method.check_train_loader(runner.train_dataloader)
 
     def before_train(self, runner) -> None:
