@@ -175,7 +175,7 @@ def _check_heldout_unseen(train_paths: set, heldout: dict) -> None:
 
 
 def check_dataset_samples(cfg: Config,
-                          loaders: Sequence[str] = DATALOADERS) -> None:
+                          loaders: Sequence[str] = DATALOADERS) -> int:
     """Check the samples of every dataset, cheaply, before a run.
 
     Each leaf dataset is built without its pipeline and its data list is
@@ -199,6 +199,9 @@ def check_dataset_samples(cfg: Config,
             (:func:`check_dataset_paths`).
         loaders (Sequence[str]): The dataloaders to check (those not set in
             ``cfg`` are skipped). Defaults to all three.
+
+    Returns:
+        int: The number of samples checked.
     """
     start, seen, num_samples = time.perf_counter(), set(), 0
     train_paths, heldout = set(), {}
@@ -228,15 +231,20 @@ def check_dataset_samples(cfg: Config,
         f'Data check: {num_samples} samples of {len(seen)} datasets '
         f'({", ".join(loaders)}) in {time.perf_counter() - start:.1f} s',
         logger='current')
+    return num_samples
 
 
-def check_datasets(cfg: Config, loaders: Sequence[str] = DATALOADERS) -> None:
+def check_datasets(cfg: Config, loaders: Sequence[str] = DATALOADERS) -> int:
     """:func:`check_dataset_paths`, then :func:`check_dataset_samples`.
 
     Args:
         cfg (Config): A training or testing config.
         loaders (Sequence[str]): The dataloaders the run uses. Defaults to
             all three.
+
+    Returns:
+        int: The number of samples checked (datasets shared by loaders
+        counted once).
     """
     check_dataset_paths(cfg, loaders)
-    check_dataset_samples(cfg, loaders)
+    return check_dataset_samples(cfg, loaders)
