@@ -378,6 +378,7 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
         start = time.perf_counter()
         before = dict(model.named_parameters())
         dense = model_complexity(model, example)
+        earlier = get_slim_spec(model)
         spec = prune_channels(
             model,
             batches if needs else [],
@@ -390,12 +391,12 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
             selection=self.selection,
             min_density=self.min_density)
         rebind_runner(runner, before)
-        channels = spec['channels']
+        total, kept = spec['channels']['total'], spec['channels']['kept']
+        kept_before = earlier['channels']['kept'] if earlier else total
         runner.logger.info(
-            f'EarlyPruningHook: {what}removed '
-            f"{channels['total'] - channels['kept']} of {channels['total']} "
-            f"channels ({1 - channels['kept'] / channels['total']:.2%}) in "
-            f'{time.perf_counter() - start:.1f}s; ' +
+            f'EarlyPruningHook: {what}removed {kept_before - kept} channels '
+            f'in {time.perf_counter() - start:.1f}s, {kept} of {total} kept '
+            f'(channel sparsity {1 - kept / total:.2%}); ' +
             format_complexity(dense, model_complexity(model, example),
                               example) + '. Changed layers:\n' +
             format_slim_table(spec))
