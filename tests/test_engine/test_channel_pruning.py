@@ -290,6 +290,15 @@ def test_invalid_channel_arguments(kwargs, match):
                  **{'granularity': 'channel', **kwargs}))
 
 
+def test_ema_hook_is_refused(tiny_cfg, tmp_path, helpers):
+    cfg = tiny_cfg(CHANNEL, max_iters=1)
+    cfg.custom_hooks = [dict(type='EMAHook')]
+    runner = Runner.from_cfg(cfg)
+    with pytest.raises(ValueError, match='EMAHook keeps a copy of the model'):
+        runner.train()
+    assert helpers.checkpoints(str(tmp_path)) == []
+
+
 # --------------------------------------------------------------------------
 # EPSD-It rounds and SD methods with state
 # --------------------------------------------------------------------------

@@ -5,10 +5,10 @@ A section module defines ``SECTION`` (its name on the command line),
 lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
-from . import quality, scoring, step, structured
+from . import quality, scoring, step, structured, structured_quality
 
 #: Section name -> module, in the order ``--sections all`` runs them.
 SECTIONS = {
     module.SECTION: module
-    for module in (scoring, step, quality, structured)
+    for module in (scoring, step, quality, structured, structured_quality)
 }

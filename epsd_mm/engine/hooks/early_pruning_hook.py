@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine import dist
+from mmengine.hooks import EMAHook
 from torch import Tensor, nn
 
 from epsd_mm.models.scoring import (SCORING_LOSSES, ScoringLoss,
@@ -279,6 +280,18 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
                 f'self-distillation loss, but {type(model).__name__} has no '
                 "SD method. Configure model.sd (e.g. dict(type='DLB')) or "
                 "score with loss='task'.")
+        if self.granularity == 'channel':
+            copies = [
+                type(hook).__name__ for hook in runner.hooks
+                if isinstance(hook, EMAHook)
+            ]
+            if copies:
+                raise ValueError(
+                    f"EarlyPruningHook(granularity='channel'): {copies[0]} "
+                    'keeps a copy of the model built before pruning, which '
+                    'removing channels would leave with the dense shapes. '
+                    'Remove it from custom_hooks, or prune weights '
+                    "(granularity='weight').")
 
     # Checkpoints ---------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
