@@ -2,9 +2,9 @@
 
 The pruning core scores with ``loss_fn(model, batch) -> scalar`` and, for
 data-free criteria, ``forward_fn(model, x)``; channel groups are traced
-with a forward through every layer training uses (:func:`trace_forward`). For an MMEngine model the
-batch is the data preprocessor's output (``dict(inputs=..., data_samples=
-...)``). A self-distilling model's scoring loss is its SD loss, defined at
+with a forward through every layer training uses (:func:`trace_forward`).
+For an MMEngine model the batch is the data preprocessor's output
+(``dict(inputs=..., data_samples=...)``). A self-distilling model's scoring loss is its SD loss, defined at
 initialisation by its SD method (:meth:`BaseSDMethod.scoring_state`), or
 the plain task loss for the "simple combination" baseline.
 """

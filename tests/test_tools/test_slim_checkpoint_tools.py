@@ -31,7 +31,9 @@ def _failure(proc) -> str:
 
 
 def _metrics(stdout: str) -> str:
-    lines = [l for l in stdout.splitlines() if 'Iter(test)' in l and 'mIoU' in l]
+    lines = [
+        l for l in stdout.splitlines() if 'Iter(test)' in l and 'mIoU' in l
+    ]
     assert len(lines) == 1, stdout[-3000:]
     return lines[0]
 

@@ -8,7 +8,7 @@ optimizer and the DDP wrapper at the slim parameters, and measuring
 parameters and FLOPs with ``mmengine.analysis``.
 """
 import copy
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 from mmengine import dist
@@ -174,10 +174,3 @@ def format_complexity(before: Mapping[str, int], after: Mapping[str, int],
             f"{_size(before['flops'])} -> {_size(after['flops'])} "
             f"({after['flops'] / before['flops']:.1%}) on a {shape} input "
             '(mmengine.analysis, inference forward)')
-
-
-def first_inputs(batches: Iterable[dict]) -> Optional[Tensor]:
-    """The ``inputs`` of the first preprocessed batch, if any."""
-    for batch in batches:
-        return batch['inputs']
-    return None
