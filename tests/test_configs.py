@@ -4,6 +4,7 @@ import glob
 import os.path as osp
 
 import pytest
+import torch
 from mmengine.config import Config
 from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
                                DefaultScope)
@@ -11,8 +12,9 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
 import epsd_mm  # noqa: F401
 from epsd_mm.engine import (EarlyPruningHook, GradualPruningHook,
                             SelfDistillHook)
-from epsd_mm.models import CrossCorrelation
-from epsd_mm.pruning import criterion_options, prunable_parameters
+from epsd_mm.models import CrossCorrelation, trace_forward
+from epsd_mm.pruning import (ChannelGraph, criterion_options,
+                             prunable_parameters)
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(
@@ -145,3 +147,63 @@ def test_user_config_inherits_ours_through_the_package(tmp_path):
     assert cfg.default_hooks.pruning.sparsity == 0.8
     assert cfg.model.sd.type == 'DLB'
     assert cfg.model.decode_head.type == 'ASPPHead'  # from mmseg:: below
+
+
+CHANNEL_VARIANTS = {
+    # config: (criterion, scoring loss, SD method)
+    'configs/deeplab_voc/epsd_channel.py': ('prospr', 'sd', 'DLB'),
+    'configs/deeplab_voc/simple_combination_channel.py':
+    ('prospr', 'task', 'DLB'),
+    'configs/deeplab_voc/l1_channel.py': ('magnitude', 'sd', 'DLB'),
+    'configs/deeplab_voc/random_channel.py': ('random', 'sd', 'DLB'),
+    'configs/cam_cub/epsd_channel.py': ('prospr', 'sd', 'CSKD'),
+    'configs/cam_cub/simple_combination_channel.py':
+    ('prospr', 'task', 'CSKD'),
+    'configs/cam_cub/l1_channel.py': ('magnitude', 'sd', 'CSKD'),
+    'configs/cam_cub/random_channel.py': ('random', 'sd', 'CSKD'),
+    'configs/demo/epsd_channel_deeplab_voc_demo.py': ('prospr', 'sd', 'DLB'),
+    'configs/demo/epsd_channel_cam_cub_demo.py': ('prospr', 'sd', 'CSKD'),
+}
+
+
+@pytest.mark.parametrize('rel_path', sorted(CHANNEL_VARIANTS))
+def test_channel_variants_are_what_they_say(rel_path):
+    """Structured variants: the dense recipe of their task with channel
+    pruning at 50% (global, 5% floor per group); they differ from EPSD only
+    in what their name says."""
+    criterion, loss, sd_type = CHANNEL_VARIANTS[rel_path]
+    cfg = _load(rel_path)
+    recipe = _load(('configs/demo/epsd_deeplab_voc_demo.py'
+                    if 'deeplab_voc_demo' in rel_path else
+                    'configs/demo/epsd_cam_cub_demo.py'
+                    if 'cam_cub_demo' in rel_path else
+                    'configs/epsd_deeplab_voc.py'
+                    if 'deeplab_voc' in rel_path else
+                    'configs/epsd_cam_cub.py'))
+    assert cfg.model == recipe.model
+    assert cfg.train_dataloader == recipe.train_dataloader
+    assert cfg.model.sd.type == sd_type
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        hook = HOOKS.build(cfg.default_hooks.pruning)
+    assert hook.granularity == 'channel'
+    assert hook.criterion == criterion and hook.loss == loss
+    assert hook.sparsity == 0.5 and hook.min_density == 0.05
+    assert hook.selection == 'global' and hook.rounds == 1
+    assert hook.scopes == ('backbone', ) and hook.criterion_cfg == {}
+
+
+@pytest.mark.parametrize('rel_path', [
+    'configs/demo/epsd_channel_deeplab_voc_demo.py',
+    'configs/demo/epsd_channel_cam_cub_demo.py'
+])
+def test_channel_demo_models_trace_into_groups(rel_path):
+    """Every layer of the demo models is reached by the traced forward, and
+    the backbone's channels form groups (the heads are never cut)."""
+    cfg = _load(rel_path)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+        hook = HOOKS.build(cfg.default_hooks.pruning)
+    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
+                         hook.scopes)
+    cut = {m for group in graph.groups.values() for m in group.modules}
+    assert cut and all(m.startswith('backbone.') for m in cut)

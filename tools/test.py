@@ -16,6 +16,7 @@ from mmengine.runner import Runner
 import epsd_mm  # noqa: F401  epsd_mm:: configs; components register lazily
 from epsd_mm.datasets.checks import check_datasets
 from epsd_mm.datasets.config_datasets import set_data_root
+from epsd_mm.engine import SlimCheckpointHook
 from epsd_mm.evaluation.config_checks import check_cam_threshold
 from epsd_mm.registry import RUNNERS
 from epsd_mm.utils import (register_checkpoint_safe_globals,
@@ -98,6 +99,8 @@ def main() -> None:
         runner = Runner.from_cfg(cfg)
     else:
         runner = RUNNERS.build(cfg)
+    # channel-pruned checkpoints load under any config; unfitting ones stop
+    runner.register_hook(SlimCheckpointHook())
     runner.test()
 
 

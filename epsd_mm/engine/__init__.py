@@ -9,12 +9,14 @@ allow-lists the objects MMEngine 0.10 stores in checkpoints for torch's
 from epsd_mm.utils import register_checkpoint_safe_globals
 from .hooks import (BaseMaskHook, EarlyPruningHook, FiniteLossHook,
                     GradualPruningHook, ScoringProgress, SelfDistillHook,
-                    UnprunedView, unwrap_model)
+                    SlimCheckpointHook, SlimCheckpointMixin, UnprunedView,
+                    unwrap_model)
 
 register_checkpoint_safe_globals()
 
 __all__ = [
     'BaseMaskHook', 'EarlyPruningHook', 'FiniteLossHook',
     'GradualPruningHook', 'ScoringProgress', 'SelfDistillHook',
-    'UnprunedView', 'unwrap_model'
+    'SlimCheckpointHook', 'SlimCheckpointMixin', 'UnprunedView',
+    'unwrap_model'
 ]

@@ -1,14 +1,15 @@
 """Adapters from MMEngine models to the pruning core's scoring interface.
 
 The pruning core scores with ``loss_fn(model, batch) -> scalar`` and, for
-data-free criteria, ``forward_fn(model, x)``. For an MMEngine model the
-batch is the data preprocessor's output (``dict(inputs=..., data_samples=
-...)``). A self-distilling model's scoring loss is its SD loss, defined at
+data-free criteria, ``forward_fn(model, x)``; channel groups are traced
+with a forward through every layer training uses (:func:`trace_forward`).
+For an MMEngine model the batch is the data preprocessor's output
+(``dict(inputs=..., data_samples=...)``). A self-distilling model's scoring loss is its SD loss, defined at
 initialisation by its SD method (:meth:`BaseSDMethod.scoring_state`), or
 the plain task loss for the "simple combination" baseline.
 """
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 from torch import Tensor, nn
 
@@ -27,6 +28,39 @@ def model_loss(model: nn.Module, batch: dict) -> Tensor:
 def tensor_forward(model: nn.Module, x: Tensor) -> Any:
     """Run an MMEngine model on a plain input tensor (``mode='tensor'``)."""
     return model(x, mode='tensor')
+
+
+def _as_list(heads: nn.Module) -> List[nn.Module]:
+    return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
+
+
+def trace_forward(model: nn.Module, x: Tensor) -> Any:
+    """Run every layer of an MMEngine model that training uses on a plain
+    input tensor (the forward channel groups are traced with).
+
+    ``mode='tensor'`` skips the auxiliary heads of mmseg segmentors, whose
+    input channels must follow the backbone's too. So a segmentor with
+    auxiliary heads runs its features (backbone and neck, computed once)
+    through every decode stage (cascades included) and every auxiliary
+    head; any other model runs ``mode='tensor'`` (e.g. the CAM localiser:
+    backbone and head).
+
+    Args:
+        model (nn.Module): The (unwrapped) model.
+        x (Tensor): A preprocessed input batch.
+
+    Returns:
+        Tensor | list[Tensor]: The outputs of all heads.
+    """
+    if not getattr(model, 'with_auxiliary_head', False):
+        return tensor_forward(model, x)
+    feats = model.extract_feat(x)
+    stages = _as_list(model.decode_head)
+    outputs = [stages[0](feats)]
+    for stage in stages[1:]:  # cascade stages refine the previous output
+        outputs.append(stage(feats, outputs[-1]))
+    outputs += [head(feats) for head in _as_list(model.auxiliary_head)]
+    return outputs
 
 
 class ScoringLoss:

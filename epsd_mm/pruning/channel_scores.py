@@ -202,7 +202,81 @@ CHANNEL_SCORERS: Dict[str, Callable[..., ChannelScores]] = {
     'random': channel_random_scores,
 }
 
+#: How global selection compares a criterion's scores across groups (the
+#: ``normalize`` of :func:`~.channel_selection.select_channels`). Criteria
+#: not listed are compared as they are: the gradient criteria estimate the
+#: loss change of removing a channel, comparable between groups. A filter's
+#: L1 norm grows with its fan-in and a group's with its coupled layers, so
+#: magnitude scores are compared relative to their group's mean.
+CHANNEL_NORMALIZATION: Dict[str, Optional[str]] = {'magnitude': 'mean'}
+
 _DATA_ARGS = ('loss_fn', 'batches')
+
+
+def get_channel_scorer(criterion: str) -> Callable[..., ChannelScores]:
+    """The scoring function of a channel criterion, or a fix-it error.
+
+    Args:
+        criterion (str): A key of :data:`CHANNEL_SCORERS`.
+
+    Returns:
+        Callable: The scoring function.
+    """
+    if criterion not in CHANNEL_SCORERS:
+        raise ValueError(
+            f'unknown channel criterion {criterion!r}; valid channel '
+            f"criteria are: {', '.join(sorted(CHANNEL_SCORERS))} (grasp and "
+            'synflow score weights only)')
+    return CHANNEL_SCORERS[criterion]
+
+
+def channel_criterion_options(criterion: str) -> Dict[str, Any]:
+    """The keyword options of a channel criterion and their defaults.
+
+    Args:
+        criterion (str): A key of :data:`CHANNEL_SCORERS`.
+
+    Returns:
+        dict[str, Any]: Option name to default, ``graph``, ``loss_fn`` and
+        ``batches`` excluded.
+    """
+    params = inspect.signature(get_channel_scorer(criterion)).parameters
+    return {
+        name: p.default
+        for name, p in params.items()
+        if name not in ('graph', ) + _DATA_ARGS
+    }
+
+
+def check_channel_criterion_options(criterion: str,
+                                    options: Mapping[str, Any]) -> None:
+    """Reject options a channel criterion does not take, naming the valid
+    ones.
+
+    Args:
+        criterion (str): A key of :data:`CHANNEL_SCORERS`.
+        options (Mapping[str, Any]): Keyword options for it.
+    """
+    valid = channel_criterion_options(criterion)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f'channel criterion {criterion!r} takes no option(s) {unknown}; '
+            f"its options are: {', '.join(sorted(valid)) or 'none'}")
+
+
+def channel_criterion_needs_batches(criterion: str) -> bool:
+    """Whether a channel criterion scores on data (needs ``loss_fn`` and
+    ``batches``).
+
+    Args:
+        criterion (str): A key of :data:`CHANNEL_SCORERS`.
+
+    Returns:
+        bool: True for the gradient criteria, False for magnitude/random.
+    """
+    params = inspect.signature(get_channel_scorer(criterion)).parameters
+    return 'batches' in params
 
 
 def compute_channel_scores(graph: ChannelGraph,
@@ -230,12 +304,8 @@ def compute_channel_scores(graph: ChannelGraph,
         dict[str, Tensor]: Detached 1-D score per group name
         (``num_channels`` entries each).
     """
-    if criterion not in CHANNEL_SCORERS:
-        raise ValueError(
-            f'unknown channel criterion {criterion!r}; valid channel '
-            f"criteria are: {', '.join(sorted(CHANNEL_SCORERS))} (grasp and "
-            'synflow score weights only)')
-    scorer = CHANNEL_SCORERS[criterion]
+    scorer = get_channel_scorer(criterion)
+    check_channel_criterion_options(criterion, criterion_kwargs)
     wanted = inspect.signature(scorer).parameters
     available = dict(loss_fn=loss_fn, batches=batches)
     args = {}

@@ -9,18 +9,26 @@ of every changed layer::
     {'format': 'epsd_mm.slim', 'version': 1,
      'layers': {'backbone.layer1.0.conv1': {'type': 'Conv2d',
                                             'out_channels': [64, 32],
-                                            'in_channels': [64, 64]}, ...}}
+                                            'in_channels': [64, 64]}, ...},
+     'channels': {'total': 960, 'kept': 480}}
 
-Store it with the checkpoint (e.g. in its ``meta``): :func:`rebuild_slim`
-replays it on a freshly built dense model, after which the slim state dict
-loads. Only the shapes are replayed (the kept channels' weights come from
-the state dict), so no tracing and no example input are needed.
+(``channels``: the channels in scope, counted per group, of the dense model
+and kept.) Store it with the checkpoint (e.g. in its ``meta``):
+:func:`rebuild_slim` replays it on a freshly built dense model, after which
+the slim state dict loads. Only the shapes are replayed (the kept channels'
+weights come from the state dict), so no tracing and no example input are
+needed.
+
+The slim model records its spec (:func:`get_slim_spec`), so whoever saves
+or exports it later finds it; slimming a slim model again records the
+composition of both specs, still relative to the dense model.
 
 torch-pruning replaces the pruned ``nn.Parameter`` objects: an optimizer
 built before slimming must be pointed at the new ones
 (:func:`rebind_optimizer`), and a DDP wrapper rebuilt.
 """
-from typing import Dict, List, Mapping, Tuple
+import json
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -35,6 +43,9 @@ SPEC_FORMAT = 'epsd_mm.slim'
 SPEC_VERSION = 1
 
 _PRUNERS = tp.pruner.function.PrunerBox
+# Attribute of a slim model holding its spec (a plain dict, outside the
+# state dict: it describes shapes, not weights).
+_SPEC_ATTR = '_epsd_slim_spec'
 
 
 def _pruner(module: nn.Module) -> tp.pruner.function.BasePruningFunc:
@@ -62,12 +73,61 @@ def layer_channels(model: nn.Module) -> Dict[str, Tuple[str, int, int]]:
     return counts
 
 
+def get_slim_spec(model: nn.Module) -> Optional[dict]:
+    """The slim spec of a model slimmed or rebuilt here, else None.
+
+    Args:
+        model (nn.Module): The model (unwrapped, not DDP).
+
+    Returns:
+        dict | None: A copy of the spec (see the module docstring).
+    """
+    spec = model.__dict__.get(_SPEC_ATTR)
+    return None if spec is None else _copied(spec)
+
+
+def _copied(spec: Mapping) -> dict:
+    """A JSON-normalised copy: tuples become lists, as after a round trip
+    through a checkpoint or a config file."""
+    return json.loads(json.dumps(spec))
+
+
+def compose_slim_specs(first: Mapping, second: Mapping) -> dict:
+    """The spec of slimming by ``first``, then by ``second``.
+
+    Args:
+        first (Mapping): Spec of the dense model's slimming.
+        second (Mapping): Spec of slimming the result again (its dense
+            counts are ``first``'s slim counts).
+
+    Returns:
+        dict: One spec from the dense model to the final one.
+    """
+    check_slim_spec(first)
+    check_slim_spec(second)
+    layers = _copied(first['layers'])
+    for name, layer in second['layers'].items():
+        merged = _copied(layer)
+        if name in layers:
+            merged['out_channels'][0] = layers[name]['out_channels'][0]
+            merged['in_channels'][0] = layers[name]['in_channels'][0]
+        layers[name] = merged
+    spec = dict(format=SPEC_FORMAT, version=SPEC_VERSION, layers=layers)
+    if 'channels' in first and 'channels' in second:
+        spec['channels'] = dict(
+            total=first['channels']['total'],
+            kept=second['channels']['kept'])
+    return spec
+
+
 def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
     """Remove the channels that ``keep`` drops from ``graph.model``.
 
     Every group's dropped channels are cut from all its coupled layers, and
     the input channels of the layers consuming them are adapted (inside or
-    outside the scope). The model is changed in place; ``graph`` is spent.
+    outside the scope). The model is changed in place and records the
+    returned spec (composed with its earlier one, if it was slim already);
+    ``graph`` is spent.
 
     Args:
         graph (ChannelGraph): The groups of the dense model.
@@ -76,8 +136,8 @@ def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
             :func:`~.channel_selection.select_channels`.
 
     Returns:
-        dict: The slim spec (see the module docstring), for
-        :func:`rebuild_slim`.
+        dict: The slim spec (see the module docstring) from the dense
+        model, for :func:`rebuild_slim`.
     """
     graph.check_not_slimmed()
     model = graph.model
@@ -127,7 +187,18 @@ def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
                 type=type_name,
                 out_channels=[out_dense, out_slim],
                 in_channels=[in_dense, in_slim])
-    return dict(format=SPEC_FORMAT, version=SPEC_VERSION, layers=layers)
+    spec = dict(
+        format=SPEC_FORMAT,
+        version=SPEC_VERSION,
+        layers=layers,
+        channels=dict(
+            total=graph.num_channels,
+            kept=sum(int(mask.sum()) for mask in keep.values())))
+    earlier = get_slim_spec(model)
+    if earlier is not None:
+        spec = compose_slim_specs(earlier, spec)
+    model.__dict__[_SPEC_ATTR] = _copied(spec)
+    return spec
 
 
 def rebind_optimizer(optimizer: Optimizer, before: Mapping[str, Tensor],
@@ -195,7 +266,8 @@ def rebuild_slim(model: nn.Module, spec: Mapping) -> None:
     Each layer listed in the spec gets its slim channel counts (trailing
     channels removed with torch-pruning's layer pruners, which update the
     layer's attributes, weights, biases and running statistics alike); the
-    weights are placeholders until the slim state dict is loaded.
+    weights are placeholders until the slim state dict is loaded. The model
+    records the spec; calling it again with the same spec does nothing.
 
     Args:
         model (nn.Module): The dense model, built from the same config as
@@ -204,9 +276,19 @@ def rebuild_slim(model: nn.Module, spec: Mapping) -> None:
 
     Raises:
         ValueError: If the spec does not fit the model (a layer is missing,
-            has another type or other dense channel counts).
+            has another type or other dense channel counts), or the model is
+            slim by another spec already.
     """
     check_slim_spec(spec)
+    current = get_slim_spec(model)
+    if current is not None:
+        if current == _copied(spec):
+            return
+        raise ValueError(
+            f'{type(model).__name__} is slim already, by another slim spec '
+            f"({len(current['layers'])} changed layers, vs "
+            f"{len(spec['layers'])} in the given one); rebuild_slim needs "
+            'the dense model built from the config.')
     modules = dict(model.named_modules())
     problems = []
     for name, layer in spec['layers'].items():
@@ -245,6 +327,7 @@ def rebuild_slim(model: nn.Module, spec: Mapping) -> None:
         in_now = pruner.get_in_channels(module)
         if in_now != in_slim:
             pruner(module, range(in_slim, in_now), to_output=False)
+    model.__dict__[_SPEC_ATTR] = _copied(spec)
 
 
 def shape_mismatches(model: nn.Module, state_dict: Mapping[str, Tensor]

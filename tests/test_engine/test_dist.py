@@ -95,3 +95,36 @@ def test_dist_train_sh_smoke(tiny_cfg, tmp_path, helpers):
     assert 'Distributed launcher: pytorch' in log
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert 'Iter(val)' in log and 'sparsity: 0.9000' in log
+
+
+def test_ranks_hold_identical_slim_networks(voc_root, tmp_path, helpers):
+    """Channel pruning under DDP: every rank trains the same slim network,
+    although each rank's own selection differed (see the worker)."""
+    work_dir = str(tmp_path)
+    cmd = [
+        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+        '--nnodes=1', f'--master_port={helpers.free_port()}',
+        osp.join(HERE, '_dist_channel_worker.py'), voc_root, work_dir
+    ]
+    proc = _run(cmd, helpers, cwd=helpers.repo_root)
+    assert proc.returncode == 0, _failure(proc)
+    rank0 = torch.load(osp.join(work_dir, 'rank0.pt'))
+    rank1 = torch.load(osp.join(work_dir, 'rank1.pt'))
+    assert rank0['world_size'] == rank1['world_size'] == 2
+    # DDP re-wrapped the slim model
+    assert rank0['wrapper'] == 'MMDistributedDataParallel'
+    assert rank0['wrapped_is_model'] and rank1['wrapped_is_model']
+    # the ranks' own selections differed ...
+    assert any(not torch.equal(rank0['local_keep'][name],
+                               rank1['local_keep'][name])
+               for name in rank0['local_keep'])
+    # ... yet rank 0's was applied everywhere: same architecture, weights
+    assert rank0['spec'] == rank1['spec']
+    assert rank0['spec']['channels']['kept'] >= 184  # the floor may add
+    assert rank0['channels'] == rank1['channels']
+    assert rank0['weights'].keys() == rank1['weights'].keys()
+    for name, value in rank0['weights'].items():
+        assert torch.equal(value, rank1['weights'][name]), name
+    log = helpers.read_logs(work_dir)
+    assert 'scoring the channels of backbone with snip' in log
+    assert 'Iter(train) [2/2]' in log

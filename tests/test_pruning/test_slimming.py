@@ -15,9 +15,9 @@ from epsd_mm.pruning.channel_selection import select_channels
 from epsd_mm.pruning.channels import ChannelGraph
 from epsd_mm.pruning.masks import apply_masks
 from epsd_mm.pruning.slimming import (check_state_dict_shapes,
-                                      format_slim_table, layer_channels,
-                                      rebind_optimizer, rebuild_slim,
-                                      slim_channels)
+                                      format_slim_table, get_slim_spec,
+                                      layer_channels, rebind_optimizer,
+                                      rebuild_slim, slim_channels)
 from epsd_mm.registry import MODELS
 
 
@@ -265,3 +265,49 @@ def test_weight_masked_model_is_refused(cfg, batch):
     })
     with pytest.raises(ValueError, match='weight masks .*remove_masks'):
         slim_channels(graph, random_keep(graph))
+
+
+def test_slim_model_records_its_spec_and_rebuild_is_idempotent(
+        slimmed, cfg):
+    _, model, _, keep, spec = slimmed
+    assert get_slim_spec(model) == json.loads(json.dumps(spec))
+    assert spec['channels'] == dict(
+        total=sum(k.numel() for k in keep.values()),
+        kept=sum(int(k.sum()) for k in keep.values()))
+    fresh = build_model(cfg, seed=1)
+    assert get_slim_spec(fresh) is None
+    rebuild_slim(fresh, spec)
+    params = dict(fresh.named_parameters())
+    rebuild_slim(fresh, json.loads(json.dumps(spec)))  # e.g. a second hook
+    assert all(p is params[n] for n, p in fresh.named_parameters())
+    other = copy.deepcopy(spec)
+    other['layers'].pop('backbone.stem.6')
+    with pytest.raises(ValueError, match='slim already, by another slim '
+                       'spec'):
+        rebuild_slim(fresh, other)
+
+
+def test_slimming_twice_composes_one_spec(cfg, batch):
+    model = build_model(cfg)
+    dense = layer_channels(model)
+    inputs = model.data_preprocessor(batch)['inputs'][:1]
+    graph = ChannelGraph(model, inputs, seg_forward)
+    first = slim_channels(graph, random_keep(graph))
+    graph = ChannelGraph(model, inputs, seg_forward)
+    scores = compute_channel_scores(
+        graph, criterion='random', generator=torch.Generator().manual_seed(1))
+    keep = select_channels(scores, 0.3, selection='layerwise')
+    composed = slim_channels(graph, keep)
+    assert composed == get_slim_spec(model)
+    assert composed['channels'] == dict(
+        total=first['channels']['total'],
+        kept=sum(int(k.sum()) for k in keep.values()))
+    slim = layer_channels(model)
+    assert set(composed['layers']) >= set(first['layers'])
+    for name, layer in composed['layers'].items():
+        assert layer['out_channels'] == [dense[name][1], slim[name][1]]
+        assert layer['in_channels'] == [dense[name][2], slim[name][2]]
+    fresh = build_model(cfg, seed=1)
+    rebuild_slim(fresh, composed)
+    fresh.load_state_dict(model.state_dict())
+    assert layer_channels(fresh) == slim

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine import dist
+from mmengine.hooks import EMAHook
 from torch import Tensor, nn
 
 from epsd_mm.models.scoring import (SCORING_LOSSES, ScoringLoss,
@@ -13,8 +14,18 @@ from epsd_mm.pruning import (SELECTIONS, apply_masks, check_criterion_options,
                              criterion_needs_batches, get_masks, get_scorer,
                              normalize_scopes, prunable_parameters,
                              select_masks)
+from epsd_mm.pruning.channel_scores import (channel_criterion_needs_batches,
+                                            check_channel_criterion_options,
+                                            get_channel_scorer)
+from epsd_mm.pruning.slimming import format_slim_table, get_slim_spec
 from epsd_mm.registry import HOOKS
+from .channel_pruning import (format_complexity, model_complexity,
+                              prune_channels, rebind_runner)
 from .mask_hook import BaseMaskHook, unwrap_model
+from .slim_checkpoint_hook import SlimCheckpointMixin
+
+#: What the hook prunes: weights (masks) or output channels (removed).
+GRANULARITIES = ('weight', 'channel')
 
 
 class ScoringProgress:
@@ -48,8 +59,9 @@ class ScoringProgress:
 
 
 @HOOKS.register_module()
-class EarlyPruningHook(BaseMaskHook):
-    """Score every prunable weight before training and cut to a sparsity.
+class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
+    """Score every prunable weight (or channel) before training and cut to a
+    sparsity.
 
     At ``before_train`` the hook draws ``num_batches`` batches from the
     train dataloader (through the model's data preprocessor), scores the
@@ -78,12 +90,45 @@ class EarlyPruningHook(BaseMaskHook):
     over ranks and rank 0's masks are broadcast, so all ranks hold identical
     masks.
 
+    **Channels** (``granularity='channel'``, structured EPSD): the output
+    channels in ``scopes`` are grouped as they must be cut together
+    (residual streams, BatchNorm, the consumers' input channels, traced by
+    torch-pruning on one image of the first batch, all heads included),
+    scored by a channel criterion of
+    :data:`epsd_mm.pruning.channel_scores.CHANNEL_SCORERS` (``'prospr'``,
+    ``'snip'``, ``'magnitude'`` = L1 norm of the filters, ``'random'``) and
+    **physically removed** before the first optimizer step; layers outside
+    the scopes (the heads) only adapt their input channels. The optimizer
+    and the DDP wrapper are re-bound to the slim parameters, parameters and
+    FLOPs before -> after (``mmengine.analysis``) and the changed layers are
+    logged. The meaning of the options for channels:
+
+    * ``sparsity``: fraction of the channels in scope removed, counted per
+      group (a residual stream shared by several layers counts once);
+    * ``selection``: ``'global'`` ranks all channels together (gradient
+      scores as they are; magnitude scores relative to their group's mean,
+      since filter norms grow with fan-in), ``'layerwise'`` removes the same
+      fraction of every group;
+    * ``min_density``: per-group floor of kept channels (at least one);
+      with 0 a group that would lose all its channels raises an error;
+    * ``rounds > 1`` (EPSD-It): rounds run back to back before training,
+      each scoring the network slimmed by the previous one; the channels
+      left after round ``r`` are ``(1 - sparsity) ** (r / R)`` of the dense
+      ones. Rounds during training (``iters_between_rounds > 0``) are not
+      supported: the optimizer state of removed channels would have to be
+      cut as well.
+
+    The checkpoints record the slim architecture (see
+    :class:`SlimCheckpointMixin`): resume, ``load_from``, ``tools/test.py``
+    and mmseg's own ``tools/test.py`` rebuild it before the weights load.
+
     Args:
-        sparsity (float): Fraction of the prunable weights set to zero, in
-            ``[0, 1)``. Defaults to 0.9.
+        sparsity (float): Fraction of the prunable weights set to zero (or
+            of the channels removed), in ``[0, 1)``. Defaults to 0.9.
         criterion (str): A criterion of :data:`epsd_mm.pruning.SCORERS`
             (``'prospr'``, ``'snip'``, ``'grasp'``, ``'synflow'``,
-            ``'magnitude'``, ``'random'``). Defaults to ``'prospr'``.
+            ``'magnitude'``, ``'random'``), or of the channel criteria for
+            ``granularity='channel'``. Defaults to ``'prospr'``.
         criterion_cfg (dict, optional): Options of the criterion, e.g.
             ``dict(num_steps=3, lr=0.1, first_order=False)`` for prospr or
             ``dict(rounds=100)`` for synflow; unset options keep the
@@ -104,6 +149,8 @@ class EarlyPruningHook(BaseMaskHook):
             ``rounds > 1``). Defaults to 1.
         iters_between_rounds (int): Training iterations between rounds; 0
             runs all rounds before training. Defaults to 0.
+        granularity (str): ``'weight'`` (masks) or ``'channel'`` (channels
+            removed). Defaults to ``'weight'``.
     """
 
     def __init__(self,
@@ -116,13 +163,23 @@ class EarlyPruningHook(BaseMaskHook):
                  selection: str = 'global',
                  min_density: float = 0.0,
                  rounds: int = 1,
-                 iters_between_rounds: int = 0) -> None:
+                 iters_between_rounds: int = 0,
+                 granularity: str = 'weight') -> None:
         super().__init__()
         name = type(self).__name__
+        if granularity not in GRANULARITIES:
+            raise ValueError(f'{name}: granularity must be one of '
+                             f'{GRANULARITIES}, got {granularity!r}.')
+        self.granularity = granularity
         try:
             check_sparsity(sparsity)
-            get_scorer(criterion)
-            check_criterion_options(criterion, criterion_cfg or {})
+            if granularity == 'channel':
+                get_channel_scorer(criterion)
+                check_channel_criterion_options(criterion, criterion_cfg
+                                                or {})
+            else:
+                get_scorer(criterion)
+                check_criterion_options(criterion, criterion_cfg or {})
             self.scopes = normalize_scopes(scopes)
         except ValueError as error:
             raise ValueError(f'{name}: {error}') from None
@@ -130,7 +187,14 @@ class EarlyPruningHook(BaseMaskHook):
             raise ValueError(
                 f"{name}: loss must be 'sd' (EPSD) or 'task' (simple "
                 f'combination), got {loss!r}.')
-        if criterion_needs_batches(criterion) and num_batches < 1:
+        if granularity == 'channel' and iters_between_rounds:
+            raise ValueError(
+                f'{name}: granularity=\'channel\' removes channels before '
+                'the first optimizer step; rounds during training '
+                f'(iters_between_rounds={iters_between_rounds}) are not '
+                'supported. Set iters_between_rounds=0 (rounds back to back '
+                "before training) or prune weights (granularity='weight').")
+        if self._needs_batches(criterion) and num_batches < 1:
             raise ValueError(
                 f'{name}: criterion {criterion!r} scores on data and needs '
                 f'num_batches >= 1, got {num_batches}.')
@@ -157,16 +221,39 @@ class EarlyPruningHook(BaseMaskHook):
         self.rounds = rounds
         self.iters_between_rounds = iters_between_rounds
         self.rounds_done = 0
+        self.loaded_slim = False
+
+    def _needs_batches(self, criterion: str) -> Optional[bool]:
+        if self.granularity == 'channel':
+            return channel_criterion_needs_batches(criterion)
+        return criterion_needs_batches(criterion)
 
     # What checkpoints record ----------------------------------------------
     def pruning_config(self) -> Dict[str, Any]:
         return dict(
+            granularity=self.granularity,
             sparsity=self.sparsity,
             criterion=self.criterion,
             loss=self.loss,
             scopes=list(self.scopes),
             selection=self.selection,
             rounds=self.rounds)
+
+    def config_mismatch(self) -> Dict[str, tuple]:
+        mismatch = super().config_mismatch()
+        # What was loaded decides, also for checkpoints whose meta predates
+        # the granularity key (weight masks only).
+        restored = ('channel' if self.loaded_slim else
+                    'weight' if self.loaded_masks else None)
+        if restored is not None and restored != self.granularity:
+            mismatch = {
+                'granularity': (restored, self.granularity),
+                **mismatch
+            }
+        return mismatch
+
+    def model_is_pruned(self, model: nn.Module) -> bool:
+        return bool(get_masks(model)) or get_slim_spec(model) is not None
 
     def pruning_progress(self) -> Dict[str, Any]:
         return dict(rounds_done=self.rounds_done)
@@ -193,26 +280,75 @@ class EarlyPruningHook(BaseMaskHook):
                 f'self-distillation loss, but {type(model).__name__} has no '
                 "SD method. Configure model.sd (e.g. dict(type='DLB')) or "
                 "score with loss='task'.")
+        if self.granularity == 'channel':
+            copies = [
+                type(hook).__name__ for hook in runner.hooks
+                if isinstance(hook, EMAHook)
+            ]
+            if copies:
+                raise ValueError(
+                    f"EarlyPruningHook(granularity='channel'): {copies[0]} "
+                    'keeps a copy of the model built before pruning, which '
+                    'removing channels would leave with the dense shapes. '
+                    'Remove it from custom_hooks, or prune weights '
+                    "(granularity='weight').")
+
+    # Checkpoints ---------------------------------------------------------
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        super().before_save_checkpoint(runner, checkpoint)
+        self.save_slim_spec(runner, checkpoint)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # The architecture first: masks and weights load into its shapes.
+        self.loaded_slim = self.restore_slim(runner, checkpoint) is not None
+        super().after_load_checkpoint(runner, checkpoint)
+
+    # Evaluation ----------------------------------------------------------
+    def before_val(self, runner) -> None:
+        self.check_loaded_shapes(runner, strict=True)
+
+    def before_test(self, runner) -> None:
+        self.check_loaded_shapes(runner, strict=True)
+        super().before_test(runner)
+
+    def _add_channel_sparsity(self, runner, metrics: Optional[dict]) -> None:
+        spec = get_slim_spec(unwrap_model(runner.model))
+        if metrics is not None and spec and 'channels' in spec:
+            channels = spec['channels']
+            metrics['channel_sparsity'] = (
+                1.0 - channels['kept'] / channels['total'])
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        super().after_val_epoch(runner, metrics)
+        self._add_channel_sparsity(runner, metrics)
+
+    def after_test_epoch(self, runner, metrics=None) -> None:
+        super().after_test_epoch(runner, metrics)
+        self._add_channel_sparsity(runner, metrics)
 
     # Pruning -----------------------------------------------------------
     def before_train(self, runner) -> None:
         model = unwrap_model(runner.model)
-        if self.loaded_masks:
+        self.check_loaded_shapes(runner, strict=False)
+        if self.loaded_masks or self.loaded_slim:
             self.check_restored(runner)
             if not self.loaded_meta:  # written before epsd_mm 0.2
                 self.rounds_done = self.rounds
+            what = 'channels' if self.loaded_slim else 'masks'
             runner.logger.info(
-                'EarlyPruningHook: masks restored from the checkpoint; not '
+                f'EarlyPruningHook: {what} restored from the checkpoint; not '
                 f're-scoring ({self.rounds_done}/{self.rounds} rounds '
                 'done).')
-        elif get_masks(model):
+        elif get_masks(model) or get_slim_spec(model) is not None:
             raise ValueError(
-                'EarlyPruningHook: the model already has pruning masks that '
-                'no checkpoint brought; another pruning hook set them. Use '
-                'one EarlyPruningHook per run.')
+                'EarlyPruningHook: the model is pruned already (masks or '
+                'removed channels) and no checkpoint brought it; another '
+                'pruning hook or the model config (SlimModel) did. Use one '
+                'EarlyPruningHook per run, on the dense model.')
         self._run_due_rounds(runner)
-        self.log_sparsity(runner)
-        self.enforce(runner)
+        if self.granularity == 'weight':
+            self.log_sparsity(runner)
+            self.enforce(runner)
 
     def before_train_iter(self,
                           runner,
@@ -232,6 +368,53 @@ class EarlyPruningHook(BaseMaskHook):
         return ran
 
     def _prune_round(self, runner, round_: int) -> None:
+        if self.granularity == 'channel':
+            self._prune_channels_round(runner, round_)
+        else:
+            self._prune_weights_round(runner, round_)
+
+    def _prune_channels_round(self, runner, round_: int) -> None:
+        model = unwrap_model(runner.model)
+        needs = self._needs_batches(self.criterion)
+        # One batch at least: the groups are traced on its first image.
+        batches = self._draw_batches(runner, model,
+                                     self.num_batches if needs else 1)
+        example = batches[0]['inputs'][:1]
+        target = self.round_sparsity(round_)
+        what = (f'round {round_}/{self.rounds}: ' if self.rounds > 1 else '')
+        runner.logger.info(
+            f'EarlyPruningHook: {what}scoring the channels of '
+            f'{", ".join(self.scopes)} with {self.criterion} on the '
+            f'{self.loss} loss ({len(batches) if needs else 0} batches, '
+            f'options {self.criterion_cfg or "default"}), target channel '
+            f'sparsity {target:.4f}.')
+        start = time.perf_counter()
+        before = dict(model.named_parameters())
+        dense = model_complexity(model, example)
+        earlier = get_slim_spec(model)
+        spec = prune_channels(
+            model,
+            batches if needs else [],
+            example,
+            target,
+            self.criterion,
+            self.criterion_cfg,
+            self.loss,
+            self.scopes,
+            selection=self.selection,
+            min_density=self.min_density)
+        rebind_runner(runner, before)
+        total, kept = spec['channels']['total'], spec['channels']['kept']
+        kept_before = earlier['channels']['kept'] if earlier else total
+        runner.logger.info(
+            f'EarlyPruningHook: {what}removed {kept_before - kept} channels '
+            f'in {time.perf_counter() - start:.1f}s, {kept} of {total} kept '
+            f'(channel sparsity {1 - kept / total:.2%}); ' +
+            format_complexity(dense, model_complexity(model, example),
+                              example) + '. Changed layers:\n' +
+            format_slim_table(spec))
+
+    def _prune_weights_round(self, runner, round_: int) -> None:
         model = unwrap_model(runner.model)
         params = prunable_parameters(model, self.scopes)
         needs = criterion_needs_batches(self.criterion)

@@ -93,6 +93,10 @@ class BaseMaskHook(Hook):
     def restore_progress(self, progress: Dict[str, Any]) -> None:
         """Continue from what :meth:`pruning_progress` recorded."""
 
+    def model_is_pruned(self, model: nn.Module) -> bool:
+        """Whether the (unwrapped) model carries this hook's pruning."""
+        return bool(get_masks(model))
+
     # Checkpoints ----------------------------------------------------------
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault('meta', {}).setdefault(META_KEY, {})
@@ -154,11 +158,12 @@ class BaseMaskHook(Hook):
                     f'{k}={b!r}' for k, (_, b) in mismatch.items()) +
                 ' of the config; the reported sparsity is the '
                 "checkpoint's.")
-        if not get_masks(model):
+        if not self.model_is_pruned(model):
             runner.logger.warning(
                 f'{type(self).__name__}: the config prunes, but the '
-                'evaluated model has no pruning masks (a dense checkpoint, '
-                'or none): the metrics are those of a dense model.')
+                'evaluated model has no pruning masks nor removed channels '
+                '(a dense checkpoint, or none): the metrics are those of a '
+                'dense model.')
 
     # Training -------------------------------------------------------------
     def enforce(self, runner) -> None:

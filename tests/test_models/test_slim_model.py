@@ -1,0 +1,81 @@
+"""SlimModel: a channel-pruned checkpoint deployed with plain mmseg APIs."""
+import copy
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from mmengine.runner import load_checkpoint
+from mmseg.apis import init_model
+
+from epsd_mm.models import (SLIM_SPEC_META_KEY, build_slim_model,
+                            slim_spec_of_checkpoint, trace_forward)
+from epsd_mm.pruning import (ChannelGraph, compute_channel_scores,
+                             get_slim_spec, layer_channels, select_channels,
+                             slim_channels)
+from epsd_mm.registry import MODELS
+
+
+@pytest.fixture
+def slim_checkpoint(tiny_cfg, tmp_path):
+    """(model config, slim model, checkpoint path) at 50% channels."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward)
+    scores = compute_channel_scores(
+        graph, criterion='random', generator=torch.Generator().manual_seed(0))
+    spec = slim_channels(graph, select_channels(scores, 0.5))
+    path = str(tmp_path / 'slim.pth')
+    torch.save(
+        dict(
+            state_dict=model.state_dict(),
+            meta={
+                SLIM_SPEC_META_KEY: spec,
+                'dataset_meta': dict(classes=[str(i) for i in range(21)])
+            }), path)
+    return cfg.model, model.eval(), path
+
+
+def test_init_model_loads_slim_checkpoint_strictly(slim_checkpoint, tmp_path):
+    model_cfg, slim, path = slim_checkpoint
+    checkpoint = torch.load(path)
+    spec = slim_spec_of_checkpoint(checkpoint)
+    deploy = Config(
+        dict(
+            default_scope='epsd_mm',
+            model=dict(
+                type='epsd_mm.SlimModel', model=model_cfg, slim_spec=spec)))
+    # the spec survives a config file (deployment configs are files)
+    deploy.dump(str(tmp_path / 'deploy.py'))
+    deploy = Config.fromfile(str(tmp_path / 'deploy.py'))
+    assert deploy.model.slim_spec == spec
+    model = init_model(deploy, path, device='cpu')
+    assert type(model) is type(slim)  # the model itself, no wrapper
+    assert layer_channels(model) == layer_channels(slim)
+    assert get_slim_spec(model) == spec
+    state = model.state_dict()
+    assert state.keys() == checkpoint['state_dict'].keys()
+    for key, value in checkpoint['state_dict'].items():
+        assert torch.equal(state[key], value), key
+    load_checkpoint(model, path, strict=True)  # no missing/unexpected keys
+    inputs = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(inputs), slim(inputs))
+
+
+def test_slim_model_errors(slim_checkpoint):
+    model_cfg, _, path = slim_checkpoint
+    spec = slim_spec_of_checkpoint(torch.load(path))
+    with pytest.raises(TypeError, match='config dict of the dense model'):
+        build_slim_model(model=None, slim_spec=spec)
+    wider = copy.deepcopy(model_cfg)
+    wider.backbone.base_channels = 16
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        with pytest.raises(ValueError,
+                           match='SlimModel: the slim spec does not fit .*'
+                           'made from 8 out'):
+            build_slim_model(model=wider, slim_spec=spec)
+        with pytest.raises(ValueError, match='not a slim spec'):
+            build_slim_model(model=model_cfg, slim_spec=dict(layers={}))
