@@ -58,32 +58,20 @@ def add_arguments(parser) -> None:
         default=['demo', 'r50'])
 
 
-def plain_segmentor_cfg(config: str):
-    """The config's segmentor as a plain mmseg ``EncoderDecoder``.
-
-    The only place here that knows epsd_mm's SD model keys: they are dropped
-    (the benchmark measures the network, not the SD loss), SyncBN becomes BN
-    (CPU) and nothing pretrained is loaded.
-    """
+def plain_segmentor(config: str):
+    """The config's segmentor as a plain mmseg model: no SD method (the
+    benchmark measures the network), BN instead of SyncBN (CPU), nothing
+    pretrained loaded."""
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(ROOT, config)).model
-    cfg.type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
-    for key in ('sd_loss', 'sd'):
-        cfg.pop(key, None)
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import DefaultScope
+
+    from epsd_mm.deploy import plain_model_cfg
+    from epsd_mm.registry import MODELS
+    cfg = plain_model_cfg(Config.fromfile(osp.join(ROOT, config)).model)
     cfg.pretrained = None
-
-    def no_sync_bn(node):
-        if isinstance(node, dict):
-            if node.get('type') == 'SyncBN':
-                node['type'] = 'BN'
-            for value in node.values():
-                no_sync_bn(value)
-        elif isinstance(node, list):
-            for value in node:
-                no_sync_bn(value)
-
-    no_sync_bn(cfg)
-    return cfg
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        return revert_sync_batchnorm(MODELS.build(cfg))
 
 
 def seg_forward(model, inputs):
@@ -195,13 +183,9 @@ def _model_worker(config: str, args: dict, queue: mp.Queue) -> None:
     import logging
 
     from mmengine.logging import MMLogger
-    from mmengine.registry import DefaultScope
-
-    from epsd_mm.registry import MODELS
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     torch.manual_seed(0)
-    with DefaultScope.overwrite_default_scope('epsd_mm'):
-        dense = MODELS.build(plain_segmentor_cfg(config))
+    dense = plain_segmentor(config)
     variants = {'dense': dense}
     for sparsity in args['sparsities']:
         variants[f'{sparsity:.0%}'] = slim_copy(dense, sparsity)
