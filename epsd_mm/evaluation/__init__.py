@@ -1,4 +1,8 @@
+from .calibration_metric import CalibrationMetric
 from .functional import cam_to_bbox, cam_to_bboxes, normalize_cam
 from .wsol_metric import WSOLMetric
 
-__all__ = ['WSOLMetric', 'cam_to_bbox', 'cam_to_bboxes', 'normalize_cam']
+__all__ = [
+    'CalibrationMetric', 'WSOLMetric', 'cam_to_bbox', 'cam_to_bboxes',
+    'normalize_cam'
+]
