@@ -2,7 +2,8 @@
 import os
 import os.path as osp
 import pickle
-import subprocess
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -147,14 +148,14 @@ def test_images_are_deterministic_and_varied():
     assert np.std(means, axis=0).min() > 10
 
 
-def test_make_demo_data_cli(tmp_path, helpers):
+def test_make_demo_data_cli(tmp_path, helpers, monkeypatch, capsys):
     out = str(tmp_path / 'cifar')
-    subprocess.run([
-        helpers.python,
-        osp.join(helpers.repo_root, 'tools/make_demo_data.py'), 'cifar',
-        '--out', out, '--num-train', '10', '--num-test', '2'
-    ],
-                   check=True,
-                   env=helpers.subprocess_env(),
-                   capture_output=True)
+    monkeypatch.setattr(sys, 'argv', [
+        'make_demo_data.py', 'cifar', '--out', out, '--num-train', '10',
+        '--num-test', '2'
+    ])
+    runpy.run_path(
+        osp.join(helpers.repo_root, 'tools/make_demo_data.py'),
+        run_name='__main__')
+    assert 'cifar-10-batches-py' in capsys.readouterr().out
     assert len(DemoCIFAR10(data_root=out, split='test')) == 2
