@@ -215,7 +215,7 @@ def write_cifar_demo(root: str,
         seed (int): Random seed. Defaults to 0.
 
     Returns:
-        str: The ``cifar-10-batches-py`` folder.
+        str: ``root``, the ``data_root`` of mmpretrain's CIFAR configs.
     """
     num_batches = len(TRAIN_FILES)
     if num_train < num_batches or num_train % num_batches:
@@ -257,7 +257,7 @@ def write_cifar_demo(root: str,
             num_cases_per_batch=per_batch,
             label_names=list(DEMO_CIFAR_CLASSES),
             num_vis=3 * CIFAR_SIZE * CIFAR_SIZE))
-    return folder
+    return root
 
 
 @DATASETS.register_module()
