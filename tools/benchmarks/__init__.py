@@ -5,7 +5,10 @@ A section module defines ``SECTION`` (its name on the command line),
 lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
-from . import quality, scoring, step
+from . import quality, scoring, step, sweep
 
 #: Section name -> module, in the order ``--sections all`` runs them.
-SECTIONS = {module.SECTION: module for module in (scoring, step, quality)}
+SECTIONS = {
+    module.SECTION: module
+    for module in (scoring, step, quality, sweep)
+}

@@ -17,15 +17,15 @@ Example (the full sweep, and a short smoke run)::
         --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
         --sweep-cfg-options train_cfg.max_iters=20 train_cfg.val_interval=20
 """
+import copy
 import json
-import math
 import os
 import os.path as osp
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha1
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -104,8 +104,24 @@ TASKS = {
               (('mIoU', True), ('aAcc', True))),
 }
 
-#: A run's outcome: metrics of the final validation, or None if skipped.
-RunResult = Optional[Dict[str, float]]
+#: The line a run's log holds when the pruning hook refused to cut every
+#: weight of a layer (see ``epsd_mm.pruning.select_masks``): a result of the
+#: criterion at that sparsity, recorded as such rather than as a failure.
+COLLAPSE_MARKER = 'prunes every weight of'
+
+
+@dataclass
+class Outcome:
+    """What one run gave.
+
+    Args:
+        metrics (dict): Metrics of the final validation (empty on collapse).
+        collapsed (str): Why the hook refused to train ('' if it trained).
+        cached (bool): Whether the outcome came from ``result.json``.
+    """
+    metrics: Dict[str, float]
+    collapsed: str = ''
+    cached: bool = False
 
 
 def add_arguments(parser) -> None:
@@ -147,10 +163,11 @@ def run(args) -> List[Tuple[str, List[str]]]:
         plot = osp.join(osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
         plot_sweep(task, summary, args.sweep_sparsities, plot)
         print(f'wrote {plot}', flush=True)
-        for key, higher in task.metrics:
+        for index, (key, higher) in enumerate(task.metrics):
+            # The plot (all metrics) goes under the headline metric's table.
             tables.append((f'Sparsity sweep: {task.title}, {key}',
                            _table(task, key, higher, summary, runs, args,
-                                  osp.basename(plot))))
+                                  '' if index else osp.basename(plot))))
     return tables
 
 
@@ -181,6 +198,9 @@ def _plan(task: SweepTask, args) -> List[Run]:
     """Every run of a task, with its edited config; validates every pruned
     config's hook before anything trains."""
     sparsities = sorted(args.sweep_sparsities)
+    base = Config.fromfile(osp.join(ROOT, task.config))
+    # Options first: a dense method then drops pruning options with the hook.
+    base.merge_from_dict(args.sweep_cfg_options)
     runs = []
     for method in METHODS:
         points: List[Optional[float]] = [None]
@@ -188,12 +208,18 @@ def _plan(task: SweepTask, args) -> List[Run]:
             points = sparsities[-method.top_sparsities:] if (
                 method.top_sparsities) else sparsities
         for sparsity in points:
-            cfg = _edited_config(task, method, sparsity, args)
+            cfg = copy.deepcopy(base)
+            method.edit(cfg)
+            if sparsity is not None:
+                cfg.default_hooks.pruning.sparsity = sparsity
             reason = _hook_rejects(cfg)
             if reason and not method.optional:
                 raise ValueError(
                     f'sweep: the pruning hook rejects the config of '
                     f'{method.name!r}: {reason}')
+            if reason and sparsity == points[0]:
+                print(f'[sweep] skipping {method.name!r}: the pruning hook '
+                      f'rejects it ({reason})', flush=True)
             for seed in args.seeds:
                 point = 'dense' if sparsity is None else f's{sparsity:g}'
                 work_dir = osp.join(args.sweep_work_dir,
@@ -202,22 +228,7 @@ def _plan(task: SweepTask, args) -> List[Run]:
                 runs.append(
                     Run(method, sparsity, seed, None if reason else cfg,
                         work_dir, reason))
-        if any(r.skip_reason for r in runs if r.method is method):
-            print(
-                f'[sweep] skipping {method.name!r}: the pruning hook '
-                f'rejects it ({runs[-1].skip_reason})',
-                flush=True)
     return runs
-
-
-def _edited_config(task: SweepTask, method: Method, sparsity: Optional[float],
-                   args) -> Config:
-    cfg = Config.fromfile(osp.join(ROOT, task.config))
-    method.edit(cfg)
-    if sparsity is not None:
-        cfg.default_hooks.pruning.sparsity = sparsity
-    cfg.merge_from_dict(args.sweep_cfg_options)
-    return cfg
 
 
 def _hook_rejects(cfg: Config) -> str:
@@ -239,33 +250,47 @@ def _slug(name: str) -> str:
 
 
 # Running --------------------------------------------------------------------
-def _execute(runs: List[Run], args) -> List[RunResult]:
+def _execute(runs: List[Run], args) -> List[Optional[Outcome]]:
+    """Train every run that is not skipped, ``args.jobs`` at a time."""
     todo = [r for r in runs if r.cfg is not None]
     threads = max(1, args.threads // args.jobs)
     print(f'[sweep] {len(todo)} runs ({len(runs) - len(todo)} skipped), '
           f'{args.jobs} at a time, {threads} threads each', flush=True)
 
-    def train(run: Run) -> RunResult:
+    def train(run: Run):
         if run.cfg is None:
             return None
-        metrics, cached = train_cached(run.cfg, run.seed, run.work_dir,
-                                       threads)
         point = 'dense' if run.sparsity is None else f'{run.sparsity:g}'
-        print(
-            f'[sweep] {run.method.name} @ {point} seed {run.seed}'
-            f'{" (cached)" if cached else ""}: '
-            + ', '.join(f'{k}={v:.4g}' for k, v in metrics.items()),
-            flush=True)
-        return metrics
+        name = f'{run.method.name} @ {point} seed {run.seed}'
+        try:
+            outcome = train_cached(run.cfg, run.seed, run.work_dir, threads)
+        except RuntimeError as error:  # the other runs go on
+            print(f'[sweep] {name} FAILED: {error}', flush=True)
+            return error
+        result = (f'collapsed ({outcome.collapsed})' if outcome.collapsed
+                  else ', '.join(f'{k}={v:.4g}'
+                                 for k, v in outcome.metrics.items()))
+        print(f'[sweep] {name}{" (cached)" if outcome.cached else ""}: '
+              f'{result}', flush=True)
+        return outcome
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        return list(pool.map(train, runs))
+        results = list(pool.map(train, runs))
+    failed = [(r, e) for r, e in zip(runs, results)
+              if isinstance(e, Exception)]
+    if failed:
+        raise RuntimeError(
+            f'sweep: {len(failed)} of {len(todo)} runs failed (finished '
+            'runs are cached; fix and run the same command again):\n' +
+            '\n'.join(f'  {r.work_dir}: {str(e).splitlines()[0]}'
+                      for r, e in failed))
+    return results
 
 
 def train_cached(cfg: Config, seed: int, work_dir: str,
-                 threads: int) -> Tuple[Dict[str, float], bool]:
+                 threads: int) -> Outcome:
     """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
-    ``work_dir`` already holds the result of the same config.
+    ``work_dir`` already holds the outcome of the same config.
 
     Args:
         cfg (Config): The edited config (not modified).
@@ -275,10 +300,14 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
         threads (int): Torch threads of the training process.
 
     Returns:
-        tuple: The metrics of the final validation, and whether they came
-        from the cache.
+        Outcome: The final validation metrics, or the layer collapse that
+        stopped the run before training.
+
+    Raises:
+        RuntimeError: When training fails for another reason; the last lines
+            of its log are in the message.
     """
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.randomness = dict(seed=seed)
     cfg.work_dir = work_dir
     text = cfg.pretty_text
@@ -287,8 +316,8 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
     if osp.exists(result_file):
         with open(result_file) as f:
             result = json.load(f)
-        if result.get('config_sha1') == digest:
-            return result['metrics'], True
+        if result.pop('config_sha1', None) == digest:
+            return Outcome(**result, cached=True)
     os.makedirs(work_dir, exist_ok=True)
     cfg_file = osp.join(work_dir, 'config.py')
     with open(cfg_file, 'w') as f:
@@ -310,12 +339,25 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
                                  stderr=subprocess.STDOUT)
     if process.returncode:
         with open(log_file) as f:
-            tail = ''.join(f.readlines()[-20:])
-        raise RuntimeError(f'training failed ({log_file}):\n{tail}')
-    metrics = final_val_metrics(work_dir, since=osp.getmtime(cfg_file))
+            lines = f.readlines()
+        collapse = [line for line in lines if COLLAPSE_MARKER in line]
+        if not collapse:
+            raise RuntimeError(f'training failed ({log_file}):\n' +
+                               ''.join(lines[-20:]))
+        outcome = Outcome({}, collapsed=collapse[-1].split(': ', 1)[-1]
+                          .split('. ')[0].strip())
+    else:
+        outcome = Outcome(
+            final_val_metrics(work_dir, since=osp.getmtime(cfg_file)))
     with open(result_file, 'w') as f:
-        json.dump(dict(config_sha1=digest, metrics=metrics), f, indent=1)
-    return metrics, False
+        json.dump(
+            dict(
+                config_sha1=digest,
+                metrics=outcome.metrics,
+                collapsed=outcome.collapsed),
+            f,
+            indent=1)
+    return outcome
 
 
 def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
@@ -343,24 +385,39 @@ def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
 
 
 # Reporting ------------------------------------------------------------------
-#: ``(method name, sparsity or None) -> metric -> values over seeds``.
-Summary = Dict[Tuple[str, Optional[float]], Dict[str, List[float]]]
+@dataclass
+class Cell:
+    """The runs of one method at one sparsity (all seeds)."""
+    values: Dict[str, List[float]] = field(default_factory=dict)
+    collapsed: int = 0
+
+    def mean_std(self, key: str) -> Optional[Tuple[float, float]]:
+        values = self.values.get(key)
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.mean(values), std
 
 
-def _summarise(runs: List[Run], results: List[RunResult]) -> Summary:
+#: ``(method name, sparsity, None for dense methods) -> cell``.
+Summary = Dict[Tuple[str, Optional[float]], Cell]
+
+
+def _summarise(runs: List[Run], outcomes: List[Optional[Outcome]]) -> Summary:
     summary: Summary = {}
-    for run, metrics in zip(runs, results):
-        if metrics is None:
+    for run, outcome in zip(runs, outcomes):
+        if outcome is None:
             continue
-        cell = summary.setdefault((run.method.name, run.sparsity), {})
-        for key, value in metrics.items():
-            cell.setdefault(key, []).append(value)
+        cell = summary.setdefault((run.method.name, run.sparsity), Cell())
+        cell.collapsed += bool(outcome.collapsed)
+        for key, value in outcome.metrics.items():
+            cell.values.setdefault(key, []).append(value)
     return summary
 
 
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.mean(values), std
+def _cell_of(summary: Summary, method: Method, sparsity: float) -> Cell:
+    return summary.get((method.name, sparsity if method.pruned else None),
+                       Cell())
 
 
 def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
@@ -369,50 +426,56 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
     lines = [
         f'`{task.config}`, {key} ({"higher" if higher else "lower"} is '
         f'better) at each backbone sparsity; mean ± std over seeds '
-        f'{list(args.seeds)}, the best mean of each column in bold. '
-        'Dense rows are trained once per seed and repeated in every column.'
-        + (f' Every run with `{_format_options(args.sweep_cfg_options)}`.'
-           if args.sweep_cfg_options else ''), '',
-        f'![{key} vs sparsity]({plot})', '',
+        f'{list(args.seeds)}; the best pruned method of each column in bold. '
+        'Dense rows are trained once per seed and repeated in every column. '
+        '"collapse": the criterion pruned every weight of a layer, so the '
+        'pruning hook refused to train (with `--sweep-cfg-options '
+        'default_hooks.pruning.min_density=0.01` a floor is kept instead).' +
+        (f' Every run with `{_format_options(args.sweep_cfg_options)}`.'
+         if args.sweep_cfg_options else ''), '',
+        *([f'![{task.title} vs sparsity]({plot})', ''] if plot else []),
         '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
         '| --- |' + ' ---: |' * len(sparsities)
     ]
-    columns = {s: {} for s in sparsities}
-    for method in METHODS:
-        for s in sparsities:
-            values = summary.get(
-                (method.name, s if method.pruned else None), {}).get(key)
-            if values:
-                columns[s][method.name] = _mean_std(values)
-    best = {
-        s: (max if higher else min)(cells.values())[0]
-        for s, cells in columns.items() if cells
-    }
+    best = {}
+    for s in sparsities:
+        means = [
+            stats[0] for method in METHODS if method.pruned
+            if (stats := _cell_of(summary, method, s).mean_std(key))
+        ]
+        if means:
+            best[s] = max(means) if higher else min(means)
     off_target = []
     for method in METHODS:
-        skipped = [r.skip_reason for r in runs
-                   if r.method is method and r.skip_reason]
+        skipped = [
+            r.skip_reason for r in runs if r.method is method and r.skip_reason
+        ]
         if skipped:
-            lines.append(f'| {method.name} | not run: {skipped[0]} |' +
+            reason = skipped[0].replace('|', '/').replace('\n', ' ')
+            lines.append(f'| {method.name} | not run: {reason} |' +
                          ' |' * (len(sparsities) - 1))
             continue
         cells = []
         for s in sparsities:
-            if method.name not in columns[s]:
-                cells.append('–')
+            cell = _cell_of(summary, method, s)
+            stats = cell.mean_std(key)
+            if stats is None:
+                cells.append('collapse' if cell.collapsed else '–')
                 continue
-            mean, std = columns[s][method.name]
-            text = f'{mean:.2f} ± {std:.2f}'
-            cells.append(f'**{text}**' if mean == best[s] else text)
-            measured = summary[(method.name, s if method.pruned else None)]
-            if method.pruned and any(
-                    abs(m - s) > 0.005 for m in measured.get('sparsity', [])):
-                off_target.append(f'{method.name} at {s:.0%}: measured '
-                                  f'{measured["sparsity"]}')
+            text = f'{stats[0]:.2f} ± {stats[1]:.2f}'
+            if stats[0] == best.get(s):
+                text = f'**{text}**'
+            if cell.collapsed:
+                text += f' ({cell.collapsed} collapsed)'
+            cells.append(text)
+            measured = cell.values.get('sparsity', [])
+            if method.pruned and any(abs(m - s) > 0.005 for m in measured):
+                off_target.append(f'{method.name} at {s:.0%}: {measured}')
         lines.append(f'| {method.name} | ' + ' | '.join(cells) + ' |')
     if off_target:
-        lines += ['', 'Measured sparsity off target: ' +
-                  '; '.join(off_target) + '.']
+        lines += [
+            '', 'Measured sparsity off target: ' + '; '.join(off_target) + '.'
+        ]
     return lines
 
 
@@ -423,40 +486,59 @@ def _format_options(options: dict) -> str:
 def plot_sweep(task: SweepTask, summary: Summary, sparsities: Sequence[float],
                path: str) -> None:
     """One panel per metric: mean ± std over seeds against sparsity, one
-    line per method, dense methods as a horizontal band."""
+    line per method, dense methods as a horizontal band; an ``x`` on the
+    lower edge marks a sparsity where every seed of a method collapsed."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     sparsities = sorted(sparsities)
     fig, axes = plt.subplots(
-        1, len(task.metrics), figsize=(5.5 * len(task.metrics), 4.2),
+        1,
+        len(task.metrics),
+        figsize=(5.5 * len(task.metrics), 4.2),
         squeeze=False)
     # Density on a log axis spreads 90..99% sparsity evenly.
     densities = [1 - s for s in sparsities]
     for ax, (key, higher) in zip(axes[0], task.metrics):
+        collapsed = []
         for index, method in enumerate(METHODS):
             colour = f'C{index}'
             if not method.pruned:
-                values = summary.get((method.name, None), {}).get(key)
-                if values:
-                    mean, std = _mean_std(values)
+                stats = _cell_of(summary, method, sparsities[0]).mean_std(key)
+                if stats:
+                    mean, std = stats
                     ax.axhline(mean, color=colour, ls='--', label=method.name)
-                    ax.axhspan(mean - std, mean + std, color=colour,
-                               alpha=0.15)
+                    ax.axhspan(
+                        mean - std, mean + std, color=colour, alpha=0.15)
                 continue
-            points = [(1 - s, *_mean_std(summary[(method.name, s)][key]))
-                      for s in sparsities
-                      if key in summary.get((method.name, s), {})]
+            points = []
+            for s in sparsities:
+                cell = _cell_of(summary, method, s)
+                stats = cell.mean_std(key)
+                if stats:
+                    points.append((1 - s, *stats))
+                elif cell.collapsed:
+                    collapsed.append((1 - s, colour))
             if points:
                 x, mean, std = zip(*points)
-                ax.errorbar(x, mean, yerr=std, color=colour, marker='o',
-                            capsize=3, label=method.name)
+                ax.errorbar(
+                    x,
+                    mean,
+                    yerr=std,
+                    color=colour,
+                    marker='o',
+                    capsize=3,
+                    label=method.name)
+        low = ax.set_ylim(ax.get_ylim())[0]  # the marks must not rescale
+        for x, colour in collapsed:
+            ax.plot(x, low, marker='x', color=colour, ms=10, mew=2,
+                    clip_on=False)
         ax.set_xscale('log')
         ax.set_xticks(densities, [f'{s:.0%}' for s in sparsities])
         ax.minorticks_off()
         ax.invert_xaxis()
-        ax.set_xlabel('backbone sparsity')
+        ax.set_xlabel('backbone sparsity (x: layer collapse)')
         ax.set_ylabel(f'{key} ({"higher" if higher else "lower"} is better)')
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
