@@ -184,6 +184,13 @@ def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
         "'rounds' / here | |")
     assert '![Demo segmentation (DeepLabV3, VOC layout) vs sparsity]' \
         '(sweep_seg.png)' in lines
+    # A dense reference equal to the best pruned mean stays plain.
+    tied = synthetic_summary()
+    tied[('dense + SD', None)] = sweep.Cell(values={'mIoU': [60.0, 60.0]})
+    tied_rows = sweep._table(sweep.TASKS['seg'], 'mIoU', True, tied, [],
+                             args, '')
+    assert '| dense + SD | 60.00 ± 0.00 | 60.00 ± 0.00 |' in tied_rows
+    assert '| SNIP + SD | **60.00 ± 0.00** | collapse |' in tied_rows
     lower = sweep._table(sweep.TASKS['seg'], 'mIoU', False,
                          synthetic_summary(), [], args, '')
     assert '| SNIP + SD | 60.00 ± 0.00 | collapse |' in lower

@@ -463,7 +463,7 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
                 cells.append('collapse' if cell.collapsed else '–')
                 continue
             text = f'{stats[0]:.2f} ± {stats[1]:.2f}'
-            if stats[0] == best.get(s):
+            if method.pruned and stats[0] == best.get(s):
                 text = f'**{text}**'
             if cell.collapsed:
                 text += f' ({cell.collapsed} collapsed)'
