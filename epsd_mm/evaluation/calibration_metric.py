@@ -212,7 +212,8 @@ def _top1(sample: dict) -> Tuple[float, int]:
         if score.dim() != 1 or len(score) < 2:
             raise ValueError(
                 'CalibrationMetric: pred_score must be the vector of class '
-                f'probabilities of one sample, got shape {tuple(score.shape)}.')
+                'probabilities of one sample, got shape '
+                f'{tuple(score.shape)}.')
         if score.min() < 0 or abs(float(score.sum()) - 1) > 1e-3:
             raise ValueError(
                 'CalibrationMetric: pred_score must be softmax probabilities '

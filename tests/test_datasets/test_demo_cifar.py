@@ -1,4 +1,4 @@
-"""The CIFAR-10-layout demo data is read by mmpretrain's loader and pipeline."""
+"""mmpretrain's CIFAR loader and pipeline read the CIFAR-10-layout demo."""
 import os
 import os.path as osp
 import pickle

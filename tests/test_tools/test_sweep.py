@@ -170,7 +170,8 @@ def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
     rows = {line.split(' | ')[0][2:]: line for line in lines
             if line.startswith('| ')}
     assert rows['method'] == '| method | 90% | 99% |'
-    assert rows['dense + SD'] == '| dense + SD | 81.00 ± 1.41 | 81.00 ± 1.41 |'
+    assert rows['dense + SD'] == (
+        '| dense + SD | 81.00 ± 1.41 | 81.00 ± 1.41 |')
     # The best pruned method per column is bold (dense is a reference).
     assert rows['SNIP + SD'] == '| SNIP + SD | **60.00 ± 0.00** | collapse |'
     assert rows['EPSD (prospr, SD loss) + SD'] == (

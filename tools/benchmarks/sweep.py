@@ -160,7 +160,8 @@ def run(args) -> List[Tuple[str, List[str]]]:
         runs = _plan(task, args)
         results = _execute(runs, args)
         summary = _summarise(runs, results)
-        plot = osp.join(osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
+        plot = osp.join(
+            osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
         plot_sweep(task, summary, args.sweep_sparsities, plot)
         print(f'wrote {plot}', flush=True)
         for index, (key, higher) in enumerate(task.metrics):
