@@ -1,11 +1,14 @@
-"""Write the built-in demo datasets in the real Pascal VOC / CUB-200-2011 layouts.
+"""Write the built-in demo datasets in the real Pascal VOC / CUB-200-2011 /
+CIFAR-10 layouts.
 
 Examples:
     python tools/make_demo_data.py voc --out data/voc_demo
     python tools/make_demo_data.py cub --out data/cub_demo
+    python tools/make_demo_data.py cifar --out data/cifar_demo
 """
 import argparse
 
+from epsd_mm.datasets.demo_cifar import write_cifar_demo
 from epsd_mm.datasets.demo_cub import write_cub_demo
 from epsd_mm.datasets.demo_voc import write_voc_demo
 
@@ -25,6 +28,12 @@ def parse_args() -> argparse.Namespace:
     cub.add_argument('--images-per-class', type=int, default=40)
     cub.add_argument('--image-size', type=int, default=96)
     cub.add_argument('--seed', type=int, default=0)
+    cifar = sub.add_parser(
+        'cifar', help='CIFAR-10 python layout (mmpretrain), shape classes')
+    cifar.add_argument('--out', default='data/cifar_demo')
+    cifar.add_argument('--num-train', type=int, default=5000)
+    cifar.add_argument('--num-test', type=int, default=1000)
+    cifar.add_argument('--seed', type=int, default=0)
     return parser.parse_args()
 
 
@@ -33,6 +42,9 @@ def main() -> None:
     if args.layout == 'voc':
         path = write_voc_demo(args.out, args.num_train, args.num_val,
                               args.image_size, args.seed)
+    elif args.layout == 'cifar':
+        path = write_cifar_demo(args.out, args.num_train, args.num_test,
+                                args.seed)
     else:
         write_cub_demo(
             args.out,

@@ -11,3 +11,6 @@ __all__ = [
 if import_task_module('epsd_mm.datasets.cub', requires='mmdet'):
     from .cub import CUB200Dataset
     __all__ += ['CUB200Dataset']
+if import_task_module('epsd_mm.datasets.demo_cifar', requires='mmpretrain'):
+    from .demo_cifar import DemoCIFAR10, write_cifar_demo
+    __all__ += ['DemoCIFAR10', 'write_cifar_demo']

@@ -6,11 +6,11 @@ lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
 from . import (export, quality, scoring, step, structured,
-               structured_quality)
+               structured_quality, sweep)
 
 #: Section name -> module, in the order ``--sections all`` runs them.
 SECTIONS = {
     module.SECTION: module
     for module in (scoring, step, quality, export, structured,
-                   structured_quality)
+                   structured_quality, sweep)
 }

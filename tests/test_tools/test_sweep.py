@@ -1,0 +1,207 @@
+"""The sparsity-sweep benchmark section: planning, cached runs, report."""
+import inspect
+import json
+import os
+import os.path as osp
+import sys
+from argparse import Namespace
+
+import pytest
+
+from epsd_mm.engine.hooks import EarlyPruningHook
+
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))), 'tools')
+sys.path.insert(0, TOOLS)
+from benchmarks import SECTIONS, sweep  # noqa: E402
+
+HOOK_HAS_ROUNDS = 'rounds' in inspect.signature(EarlyPruningHook).parameters
+
+
+def sweep_args(tmp_path, **kwargs):
+    args = dict(
+        sweep_tasks=['seg'],
+        sweep_sparsities=[0.99, 0.9, 0.95],
+        sweep_cfg_options={},
+        sweep_work_dir=str(tmp_path / 'runs'),
+        seeds=[0, 1],
+        jobs=1,
+        threads=1,
+        out=str(tmp_path / 'docs' / 'benchmarks.md'))
+    args.update(kwargs)
+    return Namespace(**args)
+
+
+def by_method(runs):
+    grouped = {}
+    for run in runs:
+        grouped.setdefault(run.method.name, []).append(run)
+    return grouped
+
+
+def test_plan_covers_the_family(tmp_path):
+    assert SECTIONS['sweep'] is sweep
+    runs = by_method(sweep._plan(sweep.TASKS['seg'], sweep_args(tmp_path)))
+    assert list(runs) == [m.name for m in sweep.METHODS]
+    dense = runs['dense + SD']
+    assert [(r.sparsity, r.seed) for r in dense] == [(None, 0), (None, 1)]
+    assert 'pruning' not in dense[0].cfg.default_hooks
+    pruning = {
+        name: [r.cfg.default_hooks.pruning for r in group if r.cfg]
+        for name, group in runs.items() if name != 'dense + SD'
+    }
+    for name in ('random + SD', 'SNIP + SD',
+                 'simple combination (prospr, task loss) + SD',
+                 'EPSD (prospr, SD loss) + SD'):
+        assert [(r.sparsity, r.seed) for r in runs[name]] == [
+            (s, seed) for s in (0.9, 0.95, 0.99) for seed in (0, 1)
+        ]
+        assert [p.sparsity for p in pruning[name]] == [0.9, 0.9, 0.95, 0.95,
+                                                       0.99, 0.99]
+    assert pruning['random + SD'][0].criterion == 'random'
+    assert (pruning['SNIP + SD'][0].criterion,
+            pruning['SNIP + SD'][0].loss) == ('snip', 'task')
+    simple = pruning['simple combination (prospr, task loss) + SD'][0]
+    assert (simple.get('criterion', 'prospr'), simple.loss) == ('prospr',
+                                                                 'task')
+    assert pruning['EPSD (prospr, SD loss) + SD'][0].get('loss', 'sd') == 'sd'
+    # EPSD-It only at the two highest sparsities; skipped with its reason
+    # while the hook has no `rounds` argument.
+    iterative = runs['EPSD-It (3 rounds) + SD']
+    assert [r.sparsity for r in iterative] == [0.95, 0.95, 0.99, 0.99]
+    if HOOK_HAS_ROUNDS:
+        assert all(r.cfg.default_hooks.pruning.rounds == 3 for r in iterative)
+    else:
+        assert all(r.cfg is None and 'rounds' in r.skip_reason
+                   for r in iterative)
+    work_dirs = [r.work_dir for group in runs.values() for r in group]
+    assert len(set(work_dirs)) == len(work_dirs)
+
+
+def test_options_apply_to_every_run_and_bad_ones_fail_before_training(
+        tmp_path):
+    args = sweep_args(
+        tmp_path,
+        seeds=[0],
+        sweep_cfg_options={
+            'train_cfg.max_iters': 7,
+            'default_hooks.pruning.min_density': 0.01
+        })
+    runs = by_method(sweep._plan(sweep.TASKS['seg'], args))
+    assert runs['dense + SD'][0].cfg.train_cfg.max_iters == 7
+    assert 'pruning' not in runs['dense + SD'][0].cfg.default_hooks
+    random_run = runs['random + SD'][0].cfg
+    assert random_run.train_cfg.max_iters == 7
+    assert random_run.default_hooks.pruning.min_density == 0.01
+    args.sweep_cfg_options = {'default_hooks.pruning.loss': 'bogus'}
+    with pytest.raises(ValueError, match="rejects the config of 'random"):
+        sweep._plan(sweep.TASKS['seg'], args)
+    assert not osp.exists(args.sweep_work_dir)
+    with pytest.raises(ValueError, match='in \\(0, 1\\)'):
+        sweep._check_args(sweep_args(tmp_path, sweep_sparsities=[0.9, 1.0]))
+
+
+def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
+    cfg = tiny_cfg({'default_hooks.pruning.criterion': 'random'}, max_iters=2)
+    work_dir = str(tmp_path / 'run')
+    outcome = sweep.train_cached(cfg, 0, work_dir, threads=1)
+    assert not outcome.cached and not outcome.collapsed
+    assert {'mIoU', 'aAcc', 'sparsity'} <= set(outcome.metrics)
+    assert outcome.metrics['sparsity'] == pytest.approx(0.9, abs=1e-3)
+    log_time = osp.getmtime(osp.join(work_dir, 'train.log'))
+    again = sweep.train_cached(cfg, 0, work_dir, threads=1)
+    assert again.cached and again.metrics == outcome.metrics
+    assert osp.getmtime(osp.join(work_dir, 'train.log')) == log_time
+    with open(osp.join(work_dir, 'result.json')) as f:
+        digest = json.load(f)['config_sha1']
+
+    # ~18 of ~175k backbone weights kept over ~20 layers: some layer is
+    # left with none, so the hook stops the run -- a result, cached too.
+    cfg.default_hooks.pruning.sparsity = 0.9999
+    collapse_dir = str(tmp_path / 'collapse')
+    collapsed = sweep.train_cached(cfg, 0, collapse_dir, threads=1)
+    assert 'prunes every weight of' in collapsed.collapsed
+    assert collapsed.metrics == {}
+    assert sweep.train_cached(cfg, 0, collapse_dir, threads=1).cached
+    # The cache is keyed by the whole config (here: another sparsity).
+    with open(osp.join(collapse_dir, 'result.json')) as f:
+        assert json.load(f)['config_sha1'] != digest
+
+
+def test_failed_training_names_its_log(tiny_cfg, tmp_path):
+    cfg = tiny_cfg({'model.backbone.depth': 7})  # not a ResNet depth
+    with pytest.raises(RuntimeError, match='training failed .*train.log'):
+        sweep.train_cached(cfg, 0, str(tmp_path / 'bad'), threads=1)
+    assert not osp.exists(tmp_path / 'bad' / 'result.json')
+
+
+def synthetic_summary():
+    """Two seeds; SNIP collapses at 99% on both, random on one seed."""
+    summary = {}
+
+    def cell(name, sparsity, values, collapsed=0):
+        summary[(name, sparsity)] = sweep.Cell(
+            values={
+                'mIoU': values,
+                **({
+                    'sparsity': [sparsity] * len(values)
+                } if sparsity else {})
+            },
+            collapsed=collapsed)
+
+    cell('dense + SD', None, [80.0, 82.0])
+    cell('random + SD', 0.9, [50.0, 54.0])
+    cell('random + SD', 0.99, [20.0], collapsed=1)
+    cell('SNIP + SD', 0.9, [60.0, 60.0])
+    cell('SNIP + SD', 0.99, [], collapsed=2)
+    cell('EPSD (prospr, SD loss) + SD', 0.9, [58.0, 61.0])
+    cell('EPSD (prospr, SD loss) + SD', 0.99, [30.0, 34.0])
+    return summary
+
+
+def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
+    args = sweep_args(tmp_path, sweep_sparsities=[0.99, 0.9], seeds=[0, 1])
+    runs = [
+        sweep.Run(sweep.METHODS[-1], 0.99, 0, None, 'x',
+                  "TypeError: no argument 'rounds' | here")
+    ]
+    lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True,
+                         synthetic_summary(), runs, args, 'sweep_seg.png')
+    rows = {line.split(' | ')[0][2:]: line for line in lines
+            if line.startswith('| ')}
+    assert rows['method'] == '| method | 90% | 99% |'
+    assert rows['dense + SD'] == (
+        '| dense + SD | 81.00 ± 1.41 | 81.00 ± 1.41 |')
+    # The best pruned method per column is bold (dense is a reference).
+    assert rows['SNIP + SD'] == '| SNIP + SD | **60.00 ± 0.00** | collapse |'
+    assert rows['EPSD (prospr, SD loss) + SD'] == (
+        '| EPSD (prospr, SD loss) + SD | 59.50 ± 2.12 | **32.00 ± 2.83** |')
+    assert rows['random + SD'] == (
+        '| random + SD | 52.00 ± 2.83 | 20.00 ± 0.00 (1 collapsed) |')
+    assert rows['simple combination (prospr, task loss) + SD'].endswith(
+        '| – | – |')
+    assert rows['EPSD-It (3 rounds) + SD'] == (
+        "| EPSD-It (3 rounds) + SD | not run: TypeError: no argument "
+        "'rounds' / here | |")
+    assert '![Demo segmentation (DeepLabV3, VOC layout) vs sparsity]' \
+        '(sweep_seg.png)' in lines
+    # A dense reference equal to the best pruned mean stays plain.
+    tied = synthetic_summary()
+    tied[('dense + SD', None)] = sweep.Cell(values={'mIoU': [60.0, 60.0]})
+    tied_rows = sweep._table(sweep.TASKS['seg'], 'mIoU', True, tied, [],
+                             args, '')
+    assert '| dense + SD | 60.00 ± 0.00 | 60.00 ± 0.00 |' in tied_rows
+    assert '| SNIP + SD | **60.00 ± 0.00** | collapse |' in tied_rows
+    lower = sweep._table(sweep.TASKS['seg'], 'mIoU', False,
+                         synthetic_summary(), [], args, '')
+    assert '| SNIP + SD | 60.00 ± 0.00 | collapse |' in lower
+    assert not any(line.startswith('![') for line in lower)
+
+
+def test_plot_is_written(tmp_path):
+    path = str(tmp_path / 'docs' / 'sweep_seg.png')
+    task = sweep.SweepTask('demo', 'x.py', (('mIoU', True), ('aAcc', True)))
+    sweep.plot_sweep(task, synthetic_summary(), [0.9, 0.99], path)
+    with open(path, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert os.path.getsize(path) > 10_000

@@ -1,0 +1,550 @@
+"""Sparsity sweep: the baseline family at 90-99% sparsity, over seeds.
+
+At 90% sparsity 10% of a small net's weights still suffice and seed spread
+hides every gap; the sweep goes to 99%, where pruning criteria part ways.
+For each task, method, sparsity and seed, ``tools/train.py`` trains the
+edited demo config in a fresh process. A run whose work dir holds a
+``result.json`` for the same config is not trained again, so an interrupted
+sweep resumes where it stopped. The report gets one mean ± std table per
+metric and task; ``sweep_<task>.png`` next to the report plots each metric
+against sparsity per method, with the seeds' standard deviation as error
+bars.
+
+Example (the full sweep, and a short smoke run)::
+
+    python tools/benchmark.py --sections sweep --seeds 0 1 2 3 4
+    python tools/benchmark.py --sections sweep --seeds 0 \\
+        --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
+        --sweep-cfg-options train_cfg.max_iters=20 train_cfg.val_interval=20
+"""
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from hashlib import sha1
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from mmengine.config import Config, DictAction
+
+from .common import ROOT, SEG_DEMO, WORK_ROOT
+
+SECTION = 'sweep'
+
+
+@dataclass(frozen=True)
+class SweepTask:
+    """A demo config and the metrics the sweep reports for it.
+
+    Args:
+        title (str): Title of the task in the report.
+        config (str): The EPSD demo config, relative to the repository.
+        metrics (tuple): ``(key, higher_is_better)`` per reported metric, as
+            logged at the end of training (the first one is the headline).
+    """
+    title: str
+    config: str
+    metrics: Tuple[Tuple[str, bool], ...]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One member of the baseline family, as an edit of the EPSD config.
+
+    Args:
+        name (str): Row name in the report.
+        edit (callable): Changes a loaded config in place.
+        pruned (bool): False for a dense method: one run per seed, shown at
+            every sparsity. Defaults to True.
+        top_sparsities (int, optional): Run only at the highest this many
+            sparsities. Defaults to None (all).
+        optional (bool): Skip the method, with a note, when its edit is
+            rejected by the pruning hook (e.g. a hook argument that does not
+            exist yet). Defaults to False (raise).
+    """
+    name: str
+    edit: Callable[[Config], None]
+    pruned: bool = True
+    top_sparsities: Optional[int] = None
+    optional: bool = False
+
+
+def _pruning(**kwargs) -> Callable[[Config], None]:
+    """An edit of the pruning hook's arguments."""
+    return lambda cfg: cfg.default_hooks.pruning.update(kwargs)
+
+
+def _no_pruning(cfg: Config) -> None:
+    cfg.default_hooks.pop('pruning')
+
+
+# The same keys the configs in configs/deeplab_voc change; none of them
+# touches the model, so they hold for any SD method the demo config trains.
+METHODS = (
+    Method('dense + SD', _no_pruning, pruned=False),
+    Method('random + SD', _pruning(criterion='random')),
+    Method('SNIP + SD', _pruning(criterion='snip', loss='task')),
+    Method('simple combination (prospr, task loss) + SD',
+           _pruning(loss='task')),
+    Method('EPSD (prospr, SD loss) + SD', lambda cfg: None),
+    Method(
+        'EPSD-It (3 rounds) + SD',
+        _pruning(rounds=3),
+        top_sparsities=2,
+        optional=True),
+)
+
+TASKS = {
+    'seg':
+    SweepTask('Demo segmentation (DeepLabV3, VOC layout)', SEG_DEMO,
+              (('mIoU', True), ('aAcc', True))),
+}
+
+#: The line a run's log holds when the pruning hook refused to cut every
+#: weight of a layer (see ``epsd_mm.pruning.select_masks``): a result of the
+#: criterion at that sparsity, recorded as such rather than as a failure.
+COLLAPSE_MARKER = 'prunes every weight of'
+
+
+@dataclass
+class Outcome:
+    """What one run gave.
+
+    Args:
+        metrics (dict): Metrics of the final validation (empty on collapse).
+        collapsed (str): Why the hook refused to train ('' if it trained).
+        cached (bool): Whether the outcome came from ``result.json``.
+    """
+    metrics: Dict[str, float]
+    collapsed: str = ''
+    cached: bool = False
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group('sweep section')
+    group.add_argument(
+        '--sweep-tasks', nargs='+', default=list(TASKS), choices=list(TASKS))
+    group.add_argument(
+        '--sweep-sparsities',
+        nargs='+',
+        type=float,
+        default=[0.9, 0.95, 0.98, 0.99])
+    group.add_argument(
+        '--sweep-cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='config overrides applied to every run, e.g. a short schedule '
+        'for a smoke test: train_cfg.max_iters=20 train_cfg.val_interval=20')
+    group.add_argument(
+        '--sweep-work-dir',
+        default=osp.join(WORK_ROOT, 'sweep'),
+        help='runs and their cached results live here; a run with a '
+        'result.json for the same config is not trained again')
+    group.add_argument(
+        '--jobs',
+        type=int,
+        default=1,
+        help='runs trained at the same time; --threads is split among them')
+
+
+def run(args) -> List[Tuple[str, List[str]]]:
+    _check_args(args)
+    tables = []
+    for name in args.sweep_tasks:
+        task = TASKS[name]
+        runs = _plan(task, args)
+        results = _execute(runs, args)
+        summary = _summarise(runs, results)
+        plot = osp.join(
+            osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
+        plot_sweep(task, summary, args.sweep_sparsities, plot)
+        print(f'wrote {plot}', flush=True)
+        for index, (key, higher) in enumerate(task.metrics):
+            # The plot (all metrics) goes under the headline metric's table.
+            tables.append((f'Sparsity sweep: {task.title}, {key}',
+                           _table(task, key, higher, summary, runs, args,
+                                  '' if index else osp.basename(plot))))
+    return tables
+
+
+def _check_args(args) -> None:
+    bad = [s for s in args.sweep_sparsities if not 0 < s < 1]
+    if bad:
+        raise ValueError(f'--sweep-sparsities must be in (0, 1), got {bad}.')
+    if len(set(args.sweep_sparsities)) != len(args.sweep_sparsities):
+        raise ValueError('--sweep-sparsities has duplicates: '
+                         f'{args.sweep_sparsities}.')
+    if args.jobs < 1:
+        raise ValueError(f'--jobs must be >= 1, got {args.jobs}.')
+
+
+# Planning -------------------------------------------------------------------
+@dataclass
+class Run:
+    """One training run of the sweep."""
+    method: Method
+    sparsity: Optional[float]  # None: dense
+    seed: int
+    cfg: Optional[Config]  # None: skipped
+    work_dir: str
+    skip_reason: str = ''
+
+
+def _plan(task: SweepTask, args) -> List[Run]:
+    """Every run of a task, with its edited config; validates every pruned
+    config's hook before anything trains."""
+    sparsities = sorted(args.sweep_sparsities)
+    base = Config.fromfile(osp.join(ROOT, task.config))
+    # Options first: a dense method then drops pruning options with the hook.
+    base.merge_from_dict(args.sweep_cfg_options)
+    runs = []
+    for method in METHODS:
+        points: List[Optional[float]] = [None]
+        if method.pruned:
+            points = sparsities[-method.top_sparsities:] if (
+                method.top_sparsities) else sparsities
+        for sparsity in points:
+            cfg = copy.deepcopy(base)
+            method.edit(cfg)
+            if sparsity is not None:
+                cfg.default_hooks.pruning.sparsity = sparsity
+            reason = _hook_rejects(cfg)
+            if reason and not method.optional:
+                raise ValueError(
+                    f'sweep: the pruning hook rejects the config of '
+                    f'{method.name!r}: {reason}')
+            if reason and sparsity == points[0]:
+                print(f'[sweep] skipping {method.name!r}: the pruning hook '
+                      f'rejects it ({reason})', flush=True)
+            for seed in args.seeds:
+                point = 'dense' if sparsity is None else f's{sparsity:g}'
+                work_dir = osp.join(args.sweep_work_dir,
+                                    osp.basename(task.config)[:-3],
+                                    _slug(method.name), point, f'seed{seed}')
+                runs.append(
+                    Run(method, sparsity, seed, None if reason else cfg,
+                        work_dir, reason))
+    return runs
+
+
+def _hook_rejects(cfg: Config) -> str:
+    """Why the config's pruning hook cannot be built ('' if it can)."""
+    pruning = cfg.get('default_hooks', {}).get('pruning')
+    if pruning is None:
+        return ''
+    from epsd_mm.registry import HOOKS
+    try:
+        HOOKS.build(pruning.to_dict())
+    except (TypeError, ValueError, KeyError) as error:
+        return f'{type(error).__name__}: {error}'
+    return ''
+
+
+def _slug(name: str) -> str:
+    slug = ''.join(c if c.isalnum() else '_' for c in name.lower())
+    return '_'.join(part for part in slug.split('_') if part)
+
+
+# Running --------------------------------------------------------------------
+def _execute(runs: List[Run], args) -> List[Optional[Outcome]]:
+    """Train every run that is not skipped, ``args.jobs`` at a time."""
+    todo = [r for r in runs if r.cfg is not None]
+    threads = max(1, args.threads // args.jobs)
+    print(f'[sweep] {len(todo)} runs ({len(runs) - len(todo)} skipped), '
+          f'{args.jobs} at a time, {threads} threads each', flush=True)
+
+    def train(run: Run):
+        if run.cfg is None:
+            return None
+        point = 'dense' if run.sparsity is None else f'{run.sparsity:g}'
+        name = f'{run.method.name} @ {point} seed {run.seed}'
+        try:
+            outcome = train_cached(run.cfg, run.seed, run.work_dir, threads)
+        except RuntimeError as error:  # the other runs go on
+            print(f'[sweep] {name} FAILED: {error}', flush=True)
+            return error
+        result = (f'collapsed ({outcome.collapsed})' if outcome.collapsed
+                  else ', '.join(f'{k}={v:.4g}'
+                                 for k, v in outcome.metrics.items()))
+        print(f'[sweep] {name}{" (cached)" if outcome.cached else ""}: '
+              f'{result}', flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(train, runs))
+    failed = [(r, e) for r, e in zip(runs, results)
+              if isinstance(e, Exception)]
+    if failed:
+        raise RuntimeError(
+            f'sweep: {len(failed)} of {len(todo)} runs failed (finished '
+            'runs are cached; fix and run the same command again):\n' +
+            '\n'.join(f'  {r.work_dir}: {str(e).splitlines()[0]}'
+                      for r, e in failed))
+    return results
+
+
+def train_cached(cfg: Config, seed: int, work_dir: str,
+                 threads: int) -> Outcome:
+    """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
+    ``work_dir`` already holds the outcome of the same config.
+
+    Args:
+        cfg (Config): The edited config (not modified).
+        seed (int): ``randomness.seed`` of the run.
+        work_dir (str): The run's work dir; receives ``config.py``, the
+            training output ``train.log`` and ``result.json``.
+        threads (int): Torch threads of the training process.
+
+    Returns:
+        Outcome: The final validation metrics, or the layer collapse that
+        stopped the run before training.
+
+    Raises:
+        RuntimeError: When training fails for another reason; the last lines
+            of its log are in the message.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.randomness = dict(seed=seed)
+    cfg.work_dir = work_dir
+    text = cfg.pretty_text
+    digest = sha1(text.encode()).hexdigest()
+    result_file = osp.join(work_dir, 'result.json')
+    if osp.exists(result_file):
+        with open(result_file) as f:
+            result = json.load(f)
+        if result.pop('config_sha1', None) == digest:
+            return Outcome(**result, cached=True)
+    os.makedirs(work_dir, exist_ok=True)
+    cfg_file = osp.join(work_dir, 'config.py')
+    with open(cfg_file, 'w') as f:
+        f.write(text)
+    log_file = osp.join(work_dir, 'train.log')
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    with open(log_file, 'w') as log:
+        process = subprocess.run([
+            sys.executable,
+            osp.join(ROOT, 'tools/train.py'), cfg_file, '--work-dir', work_dir
+        ],
+                                 cwd=ROOT,
+                                 env=env,
+                                 stdout=log,
+                                 stderr=subprocess.STDOUT)
+    if process.returncode:
+        with open(log_file) as f:
+            lines = f.readlines()
+        collapse = [line for line in lines if COLLAPSE_MARKER in line]
+        if not collapse:
+            raise RuntimeError(f'training failed ({log_file}):\n' +
+                               ''.join(lines[-20:]))
+        outcome = Outcome({}, collapsed=collapse[-1].split(': ', 1)[-1]
+                          .split('. ')[0].strip())
+    else:
+        outcome = Outcome(
+            final_val_metrics(work_dir, since=osp.getmtime(cfg_file)))
+    with open(result_file, 'w') as f:
+        json.dump(
+            dict(
+                config_sha1=digest,
+                metrics=outcome.metrics,
+                collapsed=outcome.collapsed),
+            f,
+            indent=1)
+    return outcome
+
+
+def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
+    """Metrics of the last validation logged in ``work_dir`` by a run that
+    started after ``since`` (a time stamp), from MMEngine's scalars.json."""
+    scalars = sorted(
+        osp.join(dp, f) for dp, _, fs in os.walk(work_dir) for f in fs
+        if f == 'scalars.json' and osp.getmtime(osp.join(dp, f)) >= since)
+    metrics = {}
+    if scalars:
+        with open(scalars[-1]) as f:
+            for line in f:
+                record = json.loads(line)
+                if not any(k.startswith('loss') or k == 'lr' for k in record):
+                    metrics = record
+    if not metrics:
+        raise RuntimeError(
+            f'{work_dir}: training logged no validation metrics. Make the '
+            'schedule end with a validation, e.g. --sweep-cfg-options '
+            'train_cfg.val_interval=<max_iters or max_epochs>.')
+    return {
+        k: float(v)
+        for k, v in metrics.items() if k not in ('step', 'time', 'data_time')
+    }
+
+
+# Reporting ------------------------------------------------------------------
+@dataclass
+class Cell:
+    """The runs of one method at one sparsity (all seeds)."""
+    values: Dict[str, List[float]] = field(default_factory=dict)
+    collapsed: int = 0
+
+    def mean_std(self, key: str) -> Optional[Tuple[float, float]]:
+        values = self.values.get(key)
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.mean(values), std
+
+
+#: ``(method name, sparsity, None for dense methods) -> cell``.
+Summary = Dict[Tuple[str, Optional[float]], Cell]
+
+
+def _summarise(runs: List[Run], outcomes: List[Optional[Outcome]]) -> Summary:
+    summary: Summary = {}
+    for run, outcome in zip(runs, outcomes):
+        if outcome is None:
+            continue
+        cell = summary.setdefault((run.method.name, run.sparsity), Cell())
+        cell.collapsed += bool(outcome.collapsed)
+        for key, value in outcome.metrics.items():
+            cell.values.setdefault(key, []).append(value)
+    return summary
+
+
+def _cell_of(summary: Summary, method: Method, sparsity: float) -> Cell:
+    return summary.get((method.name, sparsity if method.pruned else None),
+                       Cell())
+
+
+def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
+           runs: List[Run], args, plot: str) -> List[str]:
+    sparsities = sorted(args.sweep_sparsities)
+    lines = [
+        f'`{task.config}`, {key} ({"higher" if higher else "lower"} is '
+        f'better) at each backbone sparsity; mean ± std over seeds '
+        f'{list(args.seeds)}; the best pruned method of each column in bold. '
+        'Dense rows are trained once per seed and repeated in every column. '
+        '"collapse": the criterion pruned every weight of a layer, so the '
+        'pruning hook refused to train (with `--sweep-cfg-options '
+        'default_hooks.pruning.min_density=0.01` a floor is kept instead).' +
+        (f' Every run with `{_format_options(args.sweep_cfg_options)}`.'
+         if args.sweep_cfg_options else ''), '',
+        *([f'![{task.title} vs sparsity]({plot})', ''] if plot else []),
+        '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
+        '| --- |' + ' ---: |' * len(sparsities)
+    ]
+    best = {}
+    for s in sparsities:
+        means = [
+            stats[0] for method in METHODS if method.pruned
+            if (stats := _cell_of(summary, method, s).mean_std(key))
+        ]
+        if means:
+            best[s] = max(means) if higher else min(means)
+    off_target = []
+    for method in METHODS:
+        skipped = [
+            r.skip_reason for r in runs if r.method is method and r.skip_reason
+        ]
+        if skipped:
+            reason = skipped[0].replace('|', '/').replace('\n', ' ')
+            lines.append(f'| {method.name} | not run: {reason} |' +
+                         ' |' * (len(sparsities) - 1))
+            continue
+        cells = []
+        for s in sparsities:
+            cell = _cell_of(summary, method, s)
+            stats = cell.mean_std(key)
+            if stats is None:
+                cells.append('collapse' if cell.collapsed else '–')
+                continue
+            text = f'{stats[0]:.2f} ± {stats[1]:.2f}'
+            if method.pruned and stats[0] == best.get(s):
+                text = f'**{text}**'
+            if cell.collapsed:
+                text += f' ({cell.collapsed} collapsed)'
+            cells.append(text)
+            measured = cell.values.get('sparsity', [])
+            if method.pruned and any(abs(m - s) > 0.005 for m in measured):
+                off_target.append(f'{method.name} at {s:.0%}: {measured}')
+        lines.append(f'| {method.name} | ' + ' | '.join(cells) + ' |')
+    if off_target:
+        lines += [
+            '', 'Measured sparsity off target: ' + '; '.join(off_target) + '.'
+        ]
+    return lines
+
+
+def _format_options(options: dict) -> str:
+    return ' '.join(f'{k}={v}' for k, v in options.items())
+
+
+def plot_sweep(task: SweepTask, summary: Summary, sparsities: Sequence[float],
+               path: str) -> None:
+    """One panel per metric: mean ± std over seeds against sparsity, one
+    line per method, dense methods as a horizontal band; an ``x`` on the
+    lower edge marks a sparsity where every seed of a method collapsed."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    sparsities = sorted(sparsities)
+    fig, axes = plt.subplots(
+        1,
+        len(task.metrics),
+        figsize=(5.5 * len(task.metrics), 4.2),
+        squeeze=False)
+    # Density on a log axis spreads 90..99% sparsity evenly.
+    densities = [1 - s for s in sparsities]
+    for ax, (key, higher) in zip(axes[0], task.metrics):
+        collapsed = []
+        for index, method in enumerate(METHODS):
+            colour = f'C{index}'
+            if not method.pruned:
+                stats = _cell_of(summary, method, sparsities[0]).mean_std(key)
+                if stats:
+                    mean, std = stats
+                    ax.axhline(mean, color=colour, ls='--', label=method.name)
+                    ax.axhspan(
+                        mean - std, mean + std, color=colour, alpha=0.15)
+                continue
+            points = []
+            for s in sparsities:
+                cell = _cell_of(summary, method, s)
+                stats = cell.mean_std(key)
+                if stats:
+                    points.append((1 - s, *stats))
+                elif cell.collapsed:
+                    collapsed.append((1 - s, colour))
+            if points:
+                x, mean, std = zip(*points)
+                ax.errorbar(
+                    x,
+                    mean,
+                    yerr=std,
+                    color=colour,
+                    marker='o',
+                    capsize=3,
+                    label=method.name)
+        low = ax.set_ylim(ax.get_ylim())[0]  # the marks must not rescale
+        for x, colour in collapsed:
+            ax.plot(x, low, marker='x', color=colour, ms=10, mew=2,
+                    clip_on=False)
+        ax.set_xscale('log')
+        ax.set_xticks(densities, [f'{s:.0%}' for s in sparsities])
+        ax.minorticks_off()
+        ax.invert_xaxis()
+        ax.set_xlabel('backbone sparsity (x: layer collapse)')
+        ax.set_ylabel(f'{key} ({"higher" if higher else "lower"} is better)')
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f'{task.title}: mean ± std over seeds')
+    fig.tight_layout()
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
