@@ -4,13 +4,20 @@ Every number in one table comes from the same run, model, input size and
 batch, so the ratios are comparable; absolute times depend on the machine.
 Each section lives in ``tools/benchmarks/<section>.py``:
 
-    scoring   wall time and peak memory of prospr (full / first-order,
-              M=1..3) relative to snip, each in a fresh process
-    step      a masked training step relative to a dense one, and the step
-              of every SD method relative to plain cross-entropy
-    quality   demo segmentation and WSOL quality at 90% sparsity (mean +-
-              std over seeds): dense, dense+SD, random+SD, simple
-              combination, EPSD
+    scoring             wall time and peak memory of prospr (full /
+                        first-order, M=1..3) relative to snip
+    step                a masked training step relative to a dense one, and
+                        the step of every SD method relative to plain CE
+    quality             demo segmentation and WSOL quality at 90% sparsity
+                        over seeds: dense, dense+SD, random+SD, simple
+                        combination, EPSD
+    export              file sizes (dense, folded, sparse, ONNX) and the
+                        latency of folded vs dense models
+    structured          channel pruning: FLOPs, eager / onnxruntime latency
+                        and training step, slim vs dense
+    structured_quality  demo quality of structured EPSD and its baselines
+    sweep               quality vs sparsity (0.9 .. 0.99) of the baseline
+                        family over seeds, with plots
 
 Only the sections asked for are rewritten; the report keeps the others.
 
@@ -37,6 +44,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--size', type=int, default=128)
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument(
+        '--latency-repeats',
+        type=int,
+        default=20,
+        help='timed batch-1 inference runs per model (median reported)')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--out', default=osp.join(ROOT, 'docs/benchmarks.md'))
     for module in SECTIONS.values():

@@ -23,11 +23,6 @@ def add_arguments(parser) -> None:
         type=float,
         default=[0.5, 0.8, 0.9, 0.95],
         help='backbone sparsities of the export section')
-    parser.add_argument(
-        '--latency-repeats',
-        type=int,
-        default=20,
-        help='timed batch-1 forward passes per model (export section)')
 
 
 def _demo_model(size: int):

@@ -47,11 +47,6 @@ def add_arguments(parser) -> None:
         default=512,
         help='input size of the inference latency (batch 1)')
     group.add_argument(
-        '--latency-repeats',
-        type=int,
-        default=5,
-        help='timed inference runs per variant (median reported)')
-    group.add_argument(
         '--structured-models',
         nargs='+',
         choices=['demo', 'r50'],
