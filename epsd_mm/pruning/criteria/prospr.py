@@ -1,5 +1,22 @@
-"""ProsPr: meta-gradient of the loss after a few training steps."""
-from typing import Any, Callable, Dict, Iterable, List, Mapping
+"""ProsPr: meta-gradient of the loss after a few training steps.
+
+Two ways to compute the same meta-gradient:
+
+* **adjoint sweep** (default, ``memory_efficient=True``): run the inner SGD
+  steps without a graph, keeping only each step's parameters, then walk back
+  through the steps, rebuilding one step's graph at a time (its forward is
+  recomputed from the stored parameters) to take a Hessian-vector product
+  with the adjoint. Peak memory is that of one double-backward, whatever the
+  number of steps; the cost is one extra forward-backward per inner step.
+* **unrolled** (``memory_efficient=False``): differentiate through all
+  inner steps at once (``create_graph=True``), the direct definition. Every
+  step's graph is alive until the end, so memory grows with ``num_steps``
+  (3.7x a training step for DeepLabV3 R50-D8 at ``num_steps=3``). It is the
+  reference the adjoint sweep is tested against, and a little faster when
+  memory is not the limit.
+"""
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
+                    Set, Tuple)
 
 import torch
 import torch.nn as nn
@@ -18,7 +35,8 @@ def prospr_scores(model: nn.Module,
                   num_steps: int = 3,
                   lr: float = 0.1,
                   momentum: float = 0.0,
-                  first_order: bool = False) -> Dict[str, Tensor]:
+                  first_order: bool = False,
+                  memory_efficient: bool = True) -> Dict[str, Tensor]:
     """ProsPr (prospect pruning) scores, the criterion of EPSD.
 
     The absolute value of :func:`prospr_meta_gradients`; see there.
@@ -26,18 +44,24 @@ def prospr_scores(model: nn.Module,
     Args:
         model (nn.Module): The model, in the mode to score in.
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
-        batches (Iterable): Batches passed to ``loss_fn``.
+        batches (Iterable): Batches passed to ``loss_fn``: fewer than
+            ``num_steps + 1`` are cycled, otherwise their number must be a
+            multiple of ``num_steps + 1`` (micro-batches per loss
+            evaluation).
         params (Mapping[str, Tensor]): Prunable weights by name.
         num_steps (int): Inner SGD steps ``M``. Defaults to 3.
         lr (float): Inner learning rate. Defaults to 0.1.
         momentum (float): Inner SGD momentum. Defaults to 0.0.
         first_order (bool): Detach the inner gradients. Defaults to False.
+        memory_efficient (bool): Adjoint sweep with recomputation (memory of
+            one step) rather than the unrolled graph. Defaults to True.
 
     Returns:
         dict[str, Tensor]: Non-negative scores, detached, one per weight.
     """
     grads = prospr_meta_gradients(model, loss_fn, batches, params,
-                                  num_steps, lr, momentum, first_order)
+                                  num_steps, lr, momentum, first_order,
+                                  memory_efficient)
     return {name: g.abs() for name, g in grads.items()}
 
 
@@ -48,42 +72,79 @@ def prospr_meta_gradients(model: nn.Module,
                           num_steps: int = 3,
                           lr: float = 0.1,
                           momentum: float = 0.0,
-                          first_order: bool = False) -> Dict[str, Tensor]:
+                          first_order: bool = False,
+                          memory_efficient: bool = True) -> Dict[str, Tensor]:
     """Signed meta-gradient ``dL(w_M) / dm`` of element-wise masks.
 
-    Masks ``m = 1`` multiply the prunable weights, ``w_0 = w * m``; then
+    Masks ``m = 1`` multiply the masked parameters, ``w_0 = w * m``; then
     ``num_steps`` functional SGD steps update *all* trainable parameters of
     the model, ``w_{k+1} = w_k - lr * v_k`` with ``v_k = g_k + momentum *
-    v_{k-1}`` and ``g_k = dL(w_k; batches[k]) / dw_k``. The score is the
-    meta-gradient ``dL(w_M; batches[M]) / dm`` through all steps (batches
-    are cycled if there are fewer than ``num_steps + 1``). With
+    v_{k-1}`` and ``g_k = dL_k(w_k) / dw_k`` (a parameter the loss does not
+    use is not stepped, as in ``torch.optim.SGD``). The result is the
+    meta-gradient ``dL_M(w_M) / dm`` through all steps. With
     ``first_order=True`` the inner gradients are treated as constants (cheap
-    variant, ``w * dL(w_M)/dw_M``). ``num_steps=0`` is SNIP's signed
-    ``w * dL/dw`` on ``batches[0]``. ``params`` may hold any parameters
-    (biases and norm weights too): channel criteria sum these element-wise
-    meta-gradients over a channel's entries, since a channel mask is the
-    mask of all of them.
+    variant, ``w * dL_M(w_M)/dw_M``). ``num_steps=0`` is SNIP's signed
+    ``w * dL/dw``. ``params`` may hold any parameters (biases and norm
+    weights too, frozen ones as well): channel criteria sum these
+    element-wise meta-gradients over a channel's entries, since a channel
+    mask is the mask of all of them.
+
+    **Batches.** There are ``num_steps + 1`` loss evaluations ``L_0 ..
+    L_M``. With fewer batches than that, evaluation ``k`` uses
+    ``batches[k % len(batches)]``. With more, their number must be a
+    multiple ``G * (num_steps + 1)``: evaluation ``k`` averages the loss
+    over the micro-batches ``batches[k*G:(k+1)*G]``, processed one at a
+    time, so a scoring batch ``G`` times the training batch needs the memory
+    of one training batch (gradient accumulation). For a model whose output
+    for a sample does not depend on the rest of its batch this equals
+    scoring on the concatenated batch; train-mode BatchNorm normalises each
+    micro-batch with its own statistics, as in gradient accumulation.
+
+    **Memory.** By default (``memory_efficient=True``) the steps run without
+    a graph and only each step's parameters are kept; the meta-gradient is
+    then accumulated backwards, step by step, by Hessian-vector products on
+    the step's recomputed graph. Each step's ``loss_fn`` call is therefore
+    made twice, and the recomputation must see what the first call saw:
+
+    * the random number generator (dropout, drop-path): its CPU and CUDA
+      states are saved before every call and restored for the recompute;
+    * the state of a stateful ``loss_fn`` (e.g. DLB's soft targets, the
+      previous call's detached predictions): if ``loss_fn`` has methods
+      ``get_state()`` and ``set_state(state)``, ``get_state()`` is saved
+      before every call and restored with ``set_state`` before that call is
+      recomputed. ``get_state()`` must return a snapshot that later calls do
+      not modify. Afterwards the state (and the RNG) are left as after the
+      last forward call, as with ``memory_efficient=False``.
+    * buffers are not restored between the calls: train-mode BatchNorm
+      normalises with batch statistics, so its running-stat updates do not
+      change the recomputed outputs (all buffers are restored on exit).
+
+    ``memory_efficient=False`` differentiates through the unrolled steps
+    instead (every step's graph alive at once: memory grows with
+    ``num_steps``); it calls ``loss_fn`` once per micro-batch and is the
+    reference the default is tested against.
 
     The model is run through :func:`torch.func.functional_call`, so its
     parameters, ``.grad`` and (restored) buffers and modes are unchanged
-    afterwards. ``loss_fn`` is called once per inner step, in order, with
-    ``batches[k]`` and then once more for the final loss, so a stateful
-    ``loss_fn`` (e.g. DLB's targets from the previous batch) sees the
-    outputs of the previous inner step.
+    afterwards. ``loss_fn`` is first called once per micro-batch of each
+    evaluation, in order, so a stateful ``loss_fn`` sees the outputs of the
+    previous inner step.
 
     Args:
         model (nn.Module): The model, in the mode to score in (usually
             train).
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``. It
             may call any method of ``model``; all of them see the stepped
-            parameters.
-        batches (Iterable): Batches passed to ``loss_fn``.
+            parameters. Optionally stateful, see above.
+        batches (Iterable): Batches passed to ``loss_fn``; see above.
         params (Mapping[str, Tensor]): Masked parameters by name, e.g.
             from :func:`~epsd_mm.pruning.prunable_parameters`.
         num_steps (int): Inner SGD steps ``M``. Defaults to 3.
         lr (float): Inner learning rate. Defaults to 0.1.
         momentum (float): Inner SGD momentum. Defaults to 0.0.
         first_order (bool): Detach the inner gradients. Defaults to False.
+        memory_efficient (bool): Adjoint sweep with recomputation rather
+            than the unrolled graph. Defaults to True.
 
     Returns:
         dict[str, Tensor]: Signed ``dL/dm``, detached, shaped like each
@@ -91,49 +152,287 @@ def prospr_meta_gradients(model: nn.Module,
     """
     if num_steps < 0:
         raise ValueError(f'num_steps must be >= 0, got {num_steps}')
-    batches = as_batch_list(batches)
+    groups = evaluation_groups(as_batch_list(batches), num_steps)
     named = dict(model.named_parameters())
     unknown = [name for name in params if name not in named]
     if unknown:
         raise ValueError(f"{', '.join(unknown)} are not parameter names of "
                          f'{type(model).__name__}; take `params` from '
                          'prunable_parameters(model)')
-    masks = {
-        name: torch.ones_like(w, requires_grad=True)
-        for name, w in params.items()
-    }
-    fast: Dict[str, Tensor] = {}  # the parameters being stepped
-    trainable: List[str] = []
-    for name, param in named.items():
-        if name in masks:
-            fast[name] = param.detach() * masks[name]
-        elif param.requires_grad:
-            fast[name] = param.detach().requires_grad_(True)
-        if param.requires_grad:
-            trainable.append(name)
-    velocity: Dict[str, Tensor] = {}
-
+    _check_state_methods(loss_fn)
+    sweep = _InnerSteps(model, loss_fn, groups, list(params), lr, momentum)
     with preserved_state(model):
-        for step in range(num_steps):
-            batch = batches[step % len(batches)]
-            loss = scalar_loss(call_with_tensors(model, fast, loss_fn, batch))
+        if memory_efficient:
+            adjoints = sweep.adjoints(keep_history=not first_order)
+        else:
+            adjoints = sweep.unrolled_adjoints(first_order)
+    return {
+        name: (torch.zeros_like(named[name]) if adjoints.get(name) is None
+               else named[name].detach() * adjoints[name])
+        for name in params
+    }
+
+
+def evaluation_groups(batches: List[Any], num_steps: int) -> List[List[Any]]:
+    """Split scoring batches over the ``num_steps + 1`` loss evaluations.
+
+    Args:
+        batches (list): The scoring batches (non-empty).
+        num_steps (int): Inner SGD steps ``M``.
+
+    Returns:
+        list[list]: ``num_steps + 1`` groups of micro-batches, evaluation
+        ``k`` averaging its loss over group ``k``.
+    """
+    evaluations = num_steps + 1
+    if len(batches) <= evaluations:
+        return [[batches[k % len(batches)]] for k in range(evaluations)]
+    surplus = len(batches) % evaluations
+    if surplus:
+        fewer = len(batches) - surplus
+        raise ValueError(
+            f'{len(batches)} scoring batches do not split evenly over the '
+            f'{evaluations} loss evaluations of num_steps={num_steps} '
+            f'({surplus} surplus): pass a multiple of {evaluations} (e.g. '
+            f'{fewer} or {fewer + evaluations}) to average each evaluation '
+            f'over that many micro-batches, or at most {evaluations} '
+            'batches (one per evaluation, cycled if fewer)')
+    size = len(batches) // evaluations
+    return [batches[k * size:(k + 1) * size] for k in range(evaluations)]
+
+
+def _check_state_methods(loss_fn: LossFn) -> None:
+    has = [hasattr(loss_fn, m) for m in ('get_state', 'set_state')]
+    if any(has) and not all(has):
+        raise TypeError(
+            f'loss_fn has only one of get_state/set_state; a stateful '
+            f'loss_fn needs both (got {type(loss_fn).__name__}) so that '
+            'ProsPr can replay its state when recomputing an inner step')
+
+
+class _CallState:
+    """What a ``loss_fn`` call depends on besides the parameters: the RNG
+    states (CPU, and CUDA when initialised) and the loss's own state."""
+
+    def __init__(self, loss_fn: LossFn) -> None:
+        self.cpu_rng = torch.get_rng_state()
+        self.cuda_rng = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_initialized() else None)
+        self.loss_state = (
+            loss_fn.get_state() if hasattr(loss_fn, 'get_state') else None)
+
+    def restore(self, loss_fn: LossFn) -> None:
+        torch.set_rng_state(self.cpu_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state_all(self.cuda_rng)
+        if hasattr(loss_fn, 'set_state'):
+            loss_fn.set_state(self.loss_state)
+
+
+def _leaves(tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Differentiable aliases (no copy) of ``tensors``."""
+    return {n: t.detach().requires_grad_(True) for n, t in tensors.items()}
+
+
+class _InnerSteps:
+    """The inner SGD steps of ProsPr and their adjoint (reverse) sweep.
+
+    Notation: ``theta`` are the trainable parameters (stepped), ``frozen``
+    the masked parameters that do not require grad (constant through the
+    steps, but the steps and losses depend on them). The adjoint of a
+    tensor is the derivative of the final loss ``L_M`` with respect to it.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn,
+                 groups: List[List[Any]], masked: List[str], lr: float,
+                 momentum: float) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.groups = groups
+        self.lr = lr
+        self.momentum = momentum
+        named = dict(model.named_parameters())
+        self.theta = {
+            n: p.detach()
+            for n, p in named.items() if p.requires_grad
+        }
+        self.frozen = {
+            n: named[n].detach()
+            for n in masked if not named[n].requires_grad
+        }
+
+    # -- one loss evaluation -------------------------------------------
+    def _loss(self, tensors: Mapping[str, Tensor], batch: Any,
+              group_size: int) -> Tensor:
+        loss = call_with_tensors(self.model, tensors, self.loss_fn, batch)
+        return scalar_loss(loss) / group_size
+
+    # -- adjoint sweep (default) ---------------------------------------
+    def adjoints(self, keep_history: bool) -> Dict[str, Optional[Tensor]]:
+        """Adjoints of the initial parameters, by the adjoint sweep.
+
+        Args:
+            keep_history (bool): Keep every step's parameters and run the
+                reverse sweep; False gives the first-order adjoints (those
+                of the final parameters).
+
+        Returns:
+            dict[str, Tensor | None]: Adjoint per name (None if unused).
+        """
+        num_steps = len(self.groups) - 1
+        history: List[Dict[str, Tensor]] = []  # theta_k, k < num_steps
+        skipped: List[Set[str]] = []  # names not stepped at step k (unused)
+        calls: List[List[_CallState]] = []
+        theta, velocity = self.theta, {}
+        for k in range(num_steps):
+            if keep_history:
+                history.append(theta)
+            leaves = _leaves(theta)
+            calls.append([])
+            for batch in self.groups[k]:
+                if keep_history:
+                    calls[k].append(_CallState(self.loss_fn))
+                loss = self._loss(leaves, batch, len(self.groups[k]))
+                _accumulate(loss, list(leaves.values()))
+            theta, skipped_k = self._sgd_step(theta, leaves, velocity)
+            skipped.append(skipped_k)
+            del leaves, loss
+        del velocity
+        # final loss: the adjoints of theta_M and of the frozen parameters
+        leaves, frozen = _leaves(theta), _leaves(self.frozen)
+        del theta
+        for batch in self.groups[num_steps]:
+            loss = self._loss({**leaves, **frozen}, batch,
+                              len(self.groups[num_steps]))
+            _accumulate(loss, list(leaves.values()) + list(frozen.values()))
+        del loss
+        alpha = {n: leaf.grad for n, leaf in leaves.items()}
+        del leaves
+        end = _CallState(self.loss_fn)
+        if keep_history:
+            beta: Dict[str, Tensor] = {}  # adjoint of the velocity
+            for k in reversed(range(num_steps)):
+                self._reverse_step(history.pop(), calls.pop(), k, skipped[k],
+                                   alpha, beta, frozen)
+            end.restore(self.loss_fn)
+        alpha.update({n: leaf.grad for n, leaf in frozen.items()})
+        return alpha
+
+    def _sgd_step(self, theta: Dict[str, Tensor], leaves: Dict[str, Tensor],
+                  velocity: Dict[str, Tensor]
+                  ) -> Tuple[Dict[str, Tensor], Set[str]]:
+        """``theta - lr * v`` from the gradients in ``leaves[n].grad``;
+        returns the new parameters and the names not stepped."""
+        new, skipped = {}, set()
+        for name, leaf in leaves.items():
+            grad = leaf.grad
+            if grad is None:
+                new[name] = theta[name]
+                skipped.add(name)
+                continue
+            if self.momentum:
+                if name in velocity:
+                    grad = self.momentum * velocity[name] + grad
+                velocity[name] = grad
+            new[name] = theta[name] - self.lr * grad
+        return new, skipped
+
+    def _reverse_step(self, theta: Dict[str, Tensor],
+                      calls: List[_CallState], k: int, skipped: Set[str],
+                      alpha: Dict[str, Optional[Tensor]],
+                      beta: Dict[str, Tensor],
+                      frozen: Dict[str, Tensor]) -> None:
+        """Carry the adjoints from after step ``k`` to before it, in place.
+
+        Step ``k`` maps ``(theta, v)`` to ``v' = g(theta) + momentum * v``,
+        ``theta' = theta - lr * v'``. With ``alpha`` and ``beta`` the
+        adjoints of ``theta'`` and ``v'`` (as carried from the later
+        steps), the adjoint of ``v'`` including its use in ``theta'`` is
+        ``b = beta - lr * alpha``; then the adjoint of ``theta`` is
+        ``alpha + H b`` (``H`` the Hessian of ``L_k``), that of ``v`` is
+        ``momentum * b`` and the frozen parameters gain ``H_frozen,theta b``
+        (the mixed second derivatives). ``H b`` for all of them is one
+        backward pass of ``<g, b>`` through step ``k``'s recomputed graph,
+        accumulated straight into ``alpha`` (and the frozen adjoints) as the
+        leaves' ``.grad``.
+        """
+        b = {}
+        for name in theta:
+            if name in skipped:
+                continue
+            if alpha[name] is not None:
+                b[name] = -self.lr * alpha[name]
+                if name in beta:
+                    b[name] += beta[name]
+            elif name in beta:
+                b[name] = beta[name]
+        if not b:  # nothing flows back through this step
+            return
+        stepped = list(b)
+        leaves = _leaves(theta)
+        for name, leaf in leaves.items():
+            leaf.grad = alpha[name]
+        inputs = list(leaves.values()) + list(frozen.values())
+        group = self.groups[k]
+        for call, batch in zip(calls, group):
+            call.restore(self.loss_fn)
+            loss = self._loss({**leaves, **frozen}, batch, len(group))
             grads = torch.autograd.grad(
-                loss, [fast[name] for name in trainable],
+                loss, [leaves[n] for n in stepped],
+                create_graph=True,
+                allow_unused=True)
+            pairs = [(g, b[n]) for n, g in zip(stepped, grads)
+                     if g is not None and g.requires_grad]
+            if pairs:
+                torch.autograd.backward([g for g, _ in pairs],
+                                        [v for _, v in pairs],
+                                        inputs=inputs)
+            del loss, grads, pairs
+        for name, leaf in leaves.items():
+            alpha[name] = leaf.grad
+        if self.momentum:
+            for name in stepped:
+                beta[name] = self.momentum * b[name]
+
+    # -- unrolled graph (reference) ------------------------------------
+    def unrolled_adjoints(self,
+                          first_order: bool) -> Dict[str, Optional[Tensor]]:
+        """Adjoints of the initial parameters by differentiating through
+        the unrolled steps (every step's graph alive at once).
+
+        Args:
+            first_order (bool): Treat the inner gradients as constants.
+
+        Returns:
+            dict[str, Tensor | None]: Adjoint per name (None if unused).
+        """
+        start = {**_leaves(self.theta), **_leaves(self.frozen)}
+        fast = dict(start)
+        trainable = list(self.theta)
+        velocity: Dict[str, Tensor] = {}
+        for group in self.groups[:-1]:
+            loss = sum(self._loss(fast, batch, len(group)) for batch in group)
+            grads = torch.autograd.grad(
+                loss, [fast[n] for n in trainable],
                 create_graph=not first_order,
                 allow_unused=True)
             for name, grad in zip(trainable, grads):
                 if grad is None:
                     continue
-                if momentum:
+                if self.momentum:
                     if name in velocity:
-                        grad = momentum * velocity[name] + grad
+                        grad = self.momentum * velocity[name] + grad
                     velocity[name] = grad
-                fast[name] = fast[name] - lr * grad
-        batch = batches[num_steps % len(batches)]
-        loss = scalar_loss(call_with_tensors(model, fast, loss_fn, batch))
-        meta_grads = torch.autograd.grad(
-            loss, list(masks.values()), allow_unused=True)
-    return {
-        name: torch.zeros_like(m) if g is None else g.detach()
-        for (name, m), g in zip(masks.items(), meta_grads)
-    }
+                fast[name] = fast[name] - self.lr * grad
+        group = self.groups[-1]
+        loss = sum(self._loss(fast, batch, len(group)) for batch in group)
+        grads = torch.autograd.grad(
+            loss, list(start.values()), allow_unused=True)
+        return dict(zip(start, grads))
+
+
+def _accumulate(loss: Tensor, inputs: List[Tensor]) -> None:
+    """Add ``d loss / d input`` to each input's ``.grad``."""
+    if inputs:
+        torch.autograd.backward(loss, inputs=inputs)
