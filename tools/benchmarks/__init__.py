@@ -5,7 +5,7 @@ A section module defines ``SECTION`` (its name on the command line),
 lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
-from . import quality, scoring, step
+from . import memory, quality, scoring, step
 
 #: Section name -> module, in the order ``--sections all`` runs them.
-SECTIONS = {module.SECTION: module for module in (scoring, step, quality)}
+SECTIONS = {m.SECTION: m for m in (scoring, step, quality, memory)}

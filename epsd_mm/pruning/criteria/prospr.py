@@ -15,6 +15,8 @@ Two ways to compute the same meta-gradient:
   reference the adjoint sweep is tested against, and a little faster when
   memory is not the limit.
 """
+import warnings
+from functools import partial
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional,
                     Set, Tuple)
 
@@ -163,7 +165,7 @@ def prospr_meta_gradients(model: nn.Module,
     sweep = _InnerSteps(model, loss_fn, groups, list(params), lr, momentum)
     with preserved_state(model):
         if memory_efficient:
-            adjoints = sweep.adjoints(keep_history=not first_order)
+            adjoints = sweep.adjoints(first_order)
         else:
             adjoints = sweep.unrolled_adjoints(first_order)
     return {
@@ -242,6 +244,12 @@ class _InnerSteps:
     the masked parameters that do not require grad (constant through the
     steps, but the steps and losses depend on them). The adjoint of a
     tensor is the derivative of the final loss ``L_M`` with respect to it.
+
+    Memory is what one training step with a Hessian-vector product needs:
+    the parameters of the steps are not stored, the reverse sweep rebuilds
+    the parameters of step ``k`` by replaying steps ``0 .. k-1`` from the
+    model's own weights (the first sweep records each call's RNG and loss
+    state, so the replay is exact), updating one copy in place.
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
@@ -261,139 +269,204 @@ class _InnerSteps:
             n: named[n].detach()
             for n in masked if not named[n].requires_grad
         }
+        # Recorded by the first sweep: per step, the state before each
+        # loss_fn call and the parameters the step did not use.
+        self.calls: List[List[_CallState]] = []
+        self.skipped: List[Set[str]] = []
 
-    # -- one loss evaluation -------------------------------------------
+    # -- forward ---------------------------------------------------------
     def _loss(self, tensors: Mapping[str, Tensor], batch: Any,
               group_size: int) -> Tensor:
         loss = call_with_tensors(self.model, tensors, self.loss_fn, batch)
         return scalar_loss(loss) / group_size
 
-    # -- adjoint sweep (default) ---------------------------------------
-    def adjoints(self, keep_history: bool) -> Dict[str, Optional[Tensor]]:
+    def run_steps(self, count: int, replay: bool, keep_last: bool = False
+                  ) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Tensor]]]:
+        """The parameters after ``count`` SGD steps from the model's own.
+
+        Args:
+            count (int): Steps to take.
+            replay (bool): Restore the states recorded by the first sweep
+                before each call; otherwise (first sweep) record them and
+                the unused parameters.
+            keep_last (bool): Also return the parameters before the last
+                step (the last step then writes a new copy). Defaults to
+                False.
+
+        Returns:
+            tuple[dict, dict | None]: The trainable parameters after the
+            steps and, with ``keep_last``, before the last one.
+        """
+        theta, previous, velocity = self.theta, None, {}
+        owned: Set[str] = set()  # names whose tensor is ours, not the model's
+        for k in range(count):
+            leaves = _leaves(theta)
+            if not replay:
+                self.calls.append([])
+            for i, batch in enumerate(self.groups[k]):
+                if replay:
+                    self.calls[k][i].restore(self.loss_fn)
+                else:
+                    self.calls[k].append(_CallState(self.loss_fn))
+                loss = self._loss(leaves, batch, len(self.groups[k]))
+                _accumulate(loss, list(leaves.values()))
+            grads = {name: leaf.grad for name, leaf in leaves.items()}
+            del leaves, loss
+            if not replay:
+                self.skipped.append(
+                    {name for name, g in grads.items() if g is None})
+            if keep_last and k == count - 1:
+                previous, owned = theta, set()
+            theta = self._sgd_step(theta, grads, velocity, owned)
+            del grads
+        return theta, previous
+
+    def _sgd_step(self, theta: Dict[str, Tensor],
+                  grads: Dict[str, Optional[Tensor]],
+                  velocity: Dict[str, Tensor],
+                  owned: Set[str]) -> Dict[str, Tensor]:
+        """``theta - lr * v``, in place on the tensors in ``owned``;
+        unused parameters (gradient None) are not stepped."""
+        new = dict(theta)
+        for name, grad in grads.items():
+            if grad is None:
+                continue
+            if self.momentum:
+                if name in velocity:
+                    grad = velocity[name].mul_(self.momentum).add_(grad)
+                velocity[name] = grad
+            if name in owned:
+                new[name].sub_(self.lr * grad)
+            else:
+                new[name] = theta[name] - self.lr * grad
+                owned.add(name)
+        return new
+
+    # -- adjoint sweep (default) -----------------------------------------
+    def adjoints(self, first_order: bool) -> Dict[str, Optional[Tensor]]:
         """Adjoints of the initial parameters, by the adjoint sweep.
 
         Args:
-            keep_history (bool): Keep every step's parameters and run the
-                reverse sweep; False gives the first-order adjoints (those
-                of the final parameters).
+            first_order (bool): Stop after the final loss: the adjoints of
+                the final parameters (inner gradients constant).
 
         Returns:
             dict[str, Tensor | None]: Adjoint per name (None if unused).
         """
         num_steps = len(self.groups) - 1
-        history: List[Dict[str, Tensor]] = []  # theta_k, k < num_steps
-        skipped: List[Set[str]] = []  # names not stepped at step k (unused)
-        calls: List[List[_CallState]] = []
-        theta, velocity = self.theta, {}
-        for k in range(num_steps):
-            if keep_history:
-                history.append(theta)
-            leaves = _leaves(theta)
-            calls.append([])
-            for batch in self.groups[k]:
-                if keep_history:
-                    calls[k].append(_CallState(self.loss_fn))
-                loss = self._loss(leaves, batch, len(self.groups[k]))
-                _accumulate(loss, list(leaves.values()))
-            theta, skipped_k = self._sgd_step(theta, leaves, velocity)
-            skipped.append(skipped_k)
-            del leaves, loss
-        del velocity
-        # final loss: the adjoints of theta_M and of the frozen parameters
+        # theta_{M-1} is kept: the first step to reverse needs it and
+        # replaying it would cost M-1 steps; the rest are replayed.
+        theta, last = self.run_steps(
+            num_steps, replay=False, keep_last=not first_order)
         leaves, frozen = _leaves(theta), _leaves(self.frozen)
         del theta
-        for batch in self.groups[num_steps]:
-            loss = self._loss({**leaves, **frozen}, batch,
-                              len(self.groups[num_steps]))
+        group = self.groups[num_steps]
+        for batch in group:
+            loss = self._loss({**leaves, **frozen}, batch, len(group))
             _accumulate(loss, list(leaves.values()) + list(frozen.values()))
         del loss
-        alpha = {n: leaf.grad for n, leaf in leaves.items()}
+        alpha = {name: leaf.grad for name, leaf in leaves.items()}
         del leaves
-        end = _CallState(self.loss_fn)
-        if keep_history:
-            beta: Dict[str, Tensor] = {}  # adjoint of the velocity
+        if not first_order:
+            end = _CallState(self.loss_fn)
+            velocity_adjoint: Dict[str, Tensor] = {}
             for k in reversed(range(num_steps)):
-                self._reverse_step(history.pop(), calls.pop(), k, skipped[k],
-                                   alpha, beta, frozen)
+                theta, last = last or self.run_steps(k, replay=True)[0], None
+                self._reverse_step(theta, k, alpha, velocity_adjoint, frozen)
+                del theta
             end.restore(self.loss_fn)
-        alpha.update({n: leaf.grad for n, leaf in frozen.items()})
+        alpha.update({name: leaf.grad for name, leaf in frozen.items()})
         return alpha
 
-    def _sgd_step(self, theta: Dict[str, Tensor], leaves: Dict[str, Tensor],
-                  velocity: Dict[str, Tensor]
-                  ) -> Tuple[Dict[str, Tensor], Set[str]]:
-        """``theta - lr * v`` from the gradients in ``leaves[n].grad``;
-        returns the new parameters and the names not stepped."""
-        new, skipped = {}, set()
-        for name, leaf in leaves.items():
-            grad = leaf.grad
-            if grad is None:
-                new[name] = theta[name]
-                skipped.add(name)
-                continue
-            if self.momentum:
-                if name in velocity:
-                    grad = self.momentum * velocity[name] + grad
-                velocity[name] = grad
-            new[name] = theta[name] - self.lr * grad
-        return new, skipped
-
-    def _reverse_step(self, theta: Dict[str, Tensor],
-                      calls: List[_CallState], k: int, skipped: Set[str],
+    def _reverse_step(self, theta: Dict[str, Tensor], k: int,
                       alpha: Dict[str, Optional[Tensor]],
-                      beta: Dict[str, Tensor],
+                      velocity_adjoint: Dict[str, Tensor],
                       frozen: Dict[str, Tensor]) -> None:
         """Carry the adjoints from after step ``k`` to before it, in place.
 
         Step ``k`` maps ``(theta, v)`` to ``v' = g(theta) + momentum * v``,
-        ``theta' = theta - lr * v'``. With ``alpha`` and ``beta`` the
-        adjoints of ``theta'`` and ``v'`` (as carried from the later
-        steps), the adjoint of ``v'`` including its use in ``theta'`` is
-        ``b = beta - lr * alpha``; then the adjoint of ``theta`` is
-        ``alpha + H b`` (``H`` the Hessian of ``L_k``), that of ``v`` is
-        ``momentum * b`` and the frozen parameters gain ``H_frozen,theta b``
-        (the mixed second derivatives). ``H b`` for all of them is one
-        backward pass of ``<g, b>`` through step ``k``'s recomputed graph,
-        accumulated straight into ``alpha`` (and the frozen adjoints) as the
-        leaves' ``.grad``.
+        ``theta' = theta - lr * v'``. With ``alpha`` the adjoint of
+        ``theta'`` and ``b`` that of ``v'`` (including its use in
+        ``theta'``), ``b = momentum * b_{k+1} - lr * alpha``; the adjoint of
+        ``theta`` is ``alpha + H b`` (``H`` the Hessian of ``L_k``) and the
+        frozen parameters gain ``H_frozen,theta b`` (mixed second
+        derivatives). Without momentum ``b = -lr * alpha`` needs no buffer
+        of its own.
+
+        ``H b`` comes from differentiating the directional derivative
+        ``<g, b>`` of step ``k``'s recomputed loss: each gradient ``g_i`` is
+        folded into ``<g_i, b_i>`` as soon as autograd has accumulated it,
+        so the full gradient is never held, and the second backward adds
+        ``H b`` straight into ``alpha`` (and the frozen adjoints) as the
+        leaves' ``.grad``. When ``b`` is ``alpha`` itself, autograd's saved
+        tensor version check guarantees that ``alpha`` is read before it is
+        updated.
         """
-        b = {}
-        for name in theta:
-            if name in skipped:
-                continue
-            if alpha[name] is not None:
-                b[name] = -self.lr * alpha[name]
-                if name in beta:
-                    b[name] += beta[name]
-            elif name in beta:
-                b[name] = beta[name]
-        if not b:  # nothing flows back through this step
-            return
-        stepped = list(b)
-        leaves = _leaves(theta)
-        for name, leaf in leaves.items():
-            leaf.grad = alpha[name]
-        inputs = list(leaves.values()) + list(frozen.values())
         group = self.groups[k]
-        for call, batch in zip(calls, group):
-            call.restore(self.loss_fn)
-            loss = self._loss({**leaves, **frozen}, batch, len(group))
-            grads = torch.autograd.grad(
-                loss, [leaves[n] for n in stepped],
-                create_graph=True,
-                allow_unused=True)
-            pairs = [(g, b[n]) for n, g in zip(stepped, grads)
-                     if g is not None and g.requires_grad]
-            if pairs:
-                torch.autograd.backward([g for g, _ in pairs],
-                                        [v for _, v in pairs],
-                                        inputs=inputs)
-            del loss, grads, pairs
-        for name, leaf in leaves.items():
-            alpha[name] = leaf.grad
         if self.momentum:
-            for name in stepped:
-                beta[name] = self.momentum * b[name]
+            b = velocity_adjoint
+            for name in theta:
+                if name in self.skipped[k]:
+                    continue  # v' = v: its adjoint passes through
+                if name in b:
+                    b[name].mul_(self.momentum)
+                    if alpha[name] is not None:
+                        b[name].sub_(self.lr * alpha[name])
+                elif alpha[name] is not None:
+                    b[name] = -self.lr * alpha[name]
+            direction, scale = b, 1.0
+        else:
+            direction, scale = alpha, -self.lr
+            if len(group) > 1:  # alpha is updated between micro-batches
+                direction = {
+                    n: a.clone()
+                    for n, a in alpha.items() if a is not None
+                }
+        stepped = [
+            n for n in theta
+            if n not in self.skipped[k] and direction.get(n) is not None
+        ]
+        if not stepped:  # nothing flows back through this step
+            return
+        leaves = _leaves(theta)
+        del theta
+        inputs = list(leaves.values()) + list(frozen.values())
+        for call, batch in zip(self.calls[k], group):
+            call.restore(self.loss_fn)
+            products: List[Tensor] = []
+
+            def fold(leaf: Tensor, d: Tensor) -> None:
+                products.append((leaf.grad * d).sum())
+                leaf.grad = None
+
+            handles = [
+                leaves[n].register_post_accumulate_grad_hook(
+                    partial(fold, d=direction[n])) for n in stepped
+            ]
+            loss = self._loss({**leaves, **frozen}, batch, len(group))
+            with warnings.catch_warnings():
+                # the leaf-gradient reference cycle it warns about is
+                # broken by `fold`, which resets each .grad at once
+                warnings.filterwarnings(
+                    'ignore', 'Using backward.. with create_graph=True')
+                torch.autograd.backward(
+                    loss,
+                    inputs=[leaves[n] for n in stepped],
+                    create_graph=True)
+            del loss
+            for handle in handles:
+                handle.remove()
+            _dbg('after first backward')
+            directional = sum(p for p in products if p.requires_grad)
+            del products
+            if isinstance(directional, Tensor):
+                for name, leaf in leaves.items():
+                    leaf.grad = alpha[name]
+                torch.autograd.backward(directional * scale, inputs=inputs)
+                del directional
+                for name, leaf in leaves.items():
+                    alpha[name], leaf.grad = leaf.grad, None
+            _dbg('after second backward')
 
     # -- unrolled graph (reference) ------------------------------------
     def unrolled_adjoints(self,
@@ -436,3 +509,10 @@ def _accumulate(loss: Tensor, inputs: List[Tensor]) -> None:
     """Add ``d loss / d input`` to each input's ``.grad``."""
     if inputs:
         torch.autograd.backward(loss, inputs=inputs)
+
+
+def _dbg(msg):
+    import os, resource
+    if os.environ.get('PROSPR_DEBUG'):
+        cur = int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
+        print(f'    {msg}: cur {cur:.0f} peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:.0f}', flush=True)
