@@ -4,11 +4,17 @@ step, on the real DeepLabV3 R50-D8 and on the demo model.
 Every measurement runs in a fresh (spawned) process: the peak memory it
 reports is the growth of the process's max RSS during the measured calls on
 CPU, ``torch.cuda.max_memory_allocated`` above what was allocated before on
-CUDA. Both models score on the task loss (their self-distillation term off)
-so that scoring and the training step see the same batches.
+CUDA. On CPU the workers fix glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_``)
+so that freed tensors go back to the system at once and RSS follows the live
+tensors, as ``max_memory_allocated`` does; with glibc's default (a threshold
+that grows after each large free) RSS also holds freed heap blocks, which
+inflates small models most. Both models score on the task loss (their
+self-distillation term off) so that scoring and the training step see the
+same batches.
 """
 import copy
 import multiprocessing as mp
+import os
 import os.path as osp
 from typing import Callable, Dict, List
 
@@ -40,6 +46,9 @@ VARIANTS = {
     (FULL, 2),
 }
 TRAIN, SNIP = 'training step (SGD, momentum 0.9)', 'snip'
+#: Environment of the CPU workers: blocks >= 128 KB (glibc's initial
+#: threshold) are mmapped and returned to the system when freed.
+WORKER_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
 UNROLLED = f'prospr M={NUM_STEPS} full, unrolled (before)'
 AFTER = f'prospr M={NUM_STEPS} full (after)'
 
@@ -164,7 +173,16 @@ def bench_model(model_key: str, args: dict) -> List[str]:
         queue = ctx.Queue()
         proc = ctx.Process(
             target=_worker, args=(model_key, variant, args, queue))
-        proc.start()
+        saved = {key: os.environ.get(key) for key in WORKER_ENV}
+        os.environ.update(WORKER_ENV)  # inherited by the spawned worker
+        try:
+            proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    del os.environ[key]
+                else:
+                    os.environ[key] = value
         results[variant] = queue.get()
         proc.join()
         print(f'[memory] {model_key} {variant}: {results[variant]}',
@@ -176,7 +194,9 @@ def bench_model(model_key: str, args: dict) -> List[str]:
           'train step (target <= 2.0x)', flush=True)
     device = 'CUDA' if torch.cuda.is_available() else 'CPU'
     memory = ('`torch.cuda.max_memory_allocated` above the allocation '
-              'before' if device == 'CUDA' else 'growth of the max RSS')
+              'before' if device == 'CUDA' else
+              'growth of the max RSS (glibc mmap threshold fixed at 128 KB '
+              'so that RSS follows the live tensors)')
     lines = [
         f'Model: {MODELS[model_key][0]}, task loss, input '
         f'{args["size"]}x{args["size"]}, batch {args["batch"]}, {device}. '

@@ -3,17 +3,19 @@
 Two ways to compute the same meta-gradient:
 
 * **adjoint sweep** (default, ``memory_efficient=True``): run the inner SGD
-  steps without a graph, keeping only each step's parameters, then walk back
-  through the steps, rebuilding one step's graph at a time (its forward is
-  recomputed from the stored parameters) to take a Hessian-vector product
-  with the adjoint. Peak memory is that of one double-backward, whatever the
-  number of steps; the cost is one extra forward-backward per inner step.
+  steps without a graph, then walk back through them, rebuilding one step's
+  graph at a time (its parameters replayed from the model's own, its
+  forward recomputed) for a Hessian-vector product with the adjoint. Peak
+  memory is about that of one training step plus one Hessian-vector
+  product, whatever the number of steps; the price is the recomputation.
 * **unrolled** (``memory_efficient=False``): differentiate through all
   inner steps at once (``create_graph=True``), the direct definition. Every
-  step's graph is alive until the end, so memory grows with ``num_steps``
-  (3.7x a training step for DeepLabV3 R50-D8 at ``num_steps=3``). It is the
-  reference the adjoint sweep is tested against, and a little faster when
-  memory is not the limit.
+  step's graph stays alive until the end, so memory grows with
+  ``num_steps``. It is the reference the adjoint sweep is tested against
+  and is faster when memory is not the limit (tiny models).
+
+``tools/benchmark.py --sections memory`` measures both against a training
+step.
 """
 import warnings
 from functools import partial
@@ -56,7 +58,7 @@ def prospr_scores(model: nn.Module,
         momentum (float): Inner SGD momentum. Defaults to 0.0.
         first_order (bool): Detach the inner gradients. Defaults to False.
         memory_efficient (bool): Adjoint sweep with recomputation (memory of
-            one step) rather than the unrolled graph. Defaults to True.
+            about one step) rather than the unrolled graph. Defaults to True.
 
     Returns:
         dict[str, Tensor]: Non-negative scores, detached, one per weight.
@@ -103,24 +105,31 @@ def prospr_meta_gradients(model: nn.Module,
     micro-batch with its own statistics, as in gradient accumulation.
 
     **Memory.** By default (``memory_efficient=True``) the steps run without
-    a graph and only each step's parameters are kept; the meta-gradient is
-    then accumulated backwards, step by step, by Hessian-vector products on
-    the step's recomputed graph. Each step's ``loss_fn`` call is therefore
-    made twice, and the recomputation must see what the first call saw:
+    a graph; the meta-gradient is then accumulated backwards, step by step,
+    by Hessian-vector products on each step's recomputed graph. The steps'
+    parameters are not stored (only those before the last step): the
+    parameters of step ``k`` are rebuilt by replaying steps ``0 .. k-1``.
+    ``loss_fn`` is therefore called again for the same micro-batches
+    (``2M + 1 + (M-1)(M-2)/2`` evaluations instead of ``M + 1``), and every
+    repeated call must see what the first one saw:
 
     * the random number generator (dropout, drop-path): its CPU and CUDA
-      states are saved before every call and restored for the recompute;
+      states are saved before every call and restored for the repeats;
     * the state of a stateful ``loss_fn`` (e.g. DLB's soft targets, the
       previous call's detached predictions): if ``loss_fn`` has methods
       ``get_state()`` and ``set_state(state)``, ``get_state()`` is saved
-      before every call and restored with ``set_state`` before that call is
-      recomputed. ``get_state()`` must return a snapshot that later calls do
-      not modify. Afterwards the state (and the RNG) are left as after the
-      last forward call, as with ``memory_efficient=False``.
+      before every call of the first sweep and restored with ``set_state``
+      before that call is repeated. ``get_state()`` must return a snapshot
+      that later calls do not modify. A stateful ``loss_fn`` without these
+      methods gets wrong meta-gradients (the repeats see the final state).
+      Afterwards the state (and the RNG) are left as after the first
+      sweep's last call, as with ``memory_efficient=False``;
     * buffers are not restored between the calls: train-mode BatchNorm
       normalises with batch statistics, so its running-stat updates do not
-      change the recomputed outputs (all buffers are restored on exit).
+      change the repeated outputs (all buffers are restored on exit).
 
+    On CUDA, kernels with non-deterministic reductions make the repeats
+    differ from the first sweep at rounding level, as any recomputation.
     ``memory_efficient=False`` differentiates through the unrolled steps
     instead (every step's graph alive at once: memory grows with
     ``num_steps``); it calls ``loss_fn`` once per micro-batch and is the
@@ -246,10 +255,12 @@ class _InnerSteps:
     tensor is the derivative of the final loss ``L_M`` with respect to it.
 
     Memory is what one training step with a Hessian-vector product needs:
-    the parameters of the steps are not stored, the reverse sweep rebuilds
-    the parameters of step ``k`` by replaying steps ``0 .. k-1`` from the
-    model's own weights (the first sweep records each call's RNG and loss
-    state, so the replay is exact), updating one copy in place.
+    besides the adjoint, at most two sets of parameters are held. The first
+    sweep keeps only ``theta_{M-1}`` (the first step to reverse); the
+    reverse sweep rebuilds the parameters of an earlier step ``k`` by
+    replaying steps ``0 .. k-1`` from the model's own weights into one copy
+    updated in place (the first sweep records each call's RNG and loss
+    state, so the replay repeats it exactly).
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
@@ -371,7 +382,10 @@ class _InnerSteps:
             end = _CallState(self.loss_fn)
             velocity_adjoint: Dict[str, Tensor] = {}
             for k in reversed(range(num_steps)):
-                theta, last = last or self.run_steps(k, replay=True)[0], None
+                if last is None:
+                    theta = self.run_steps(k, replay=True)[0]
+                else:
+                    theta, last = last, None
                 self._reverse_step(theta, k, alpha, velocity_adjoint, frozen)
                 del theta
             end.restore(self.loss_fn)
@@ -456,7 +470,6 @@ class _InnerSteps:
             del loss
             for handle in handles:
                 handle.remove()
-            _dbg('after first backward')
             directional = sum(p for p in products if p.requires_grad)
             del products
             if isinstance(directional, Tensor):
@@ -466,7 +479,6 @@ class _InnerSteps:
                 del directional
                 for name, leaf in leaves.items():
                     alpha[name], leaf.grad = leaf.grad, None
-            _dbg('after second backward')
 
     # -- unrolled graph (reference) ------------------------------------
     def unrolled_adjoints(self,
@@ -510,9 +522,3 @@ def _accumulate(loss: Tensor, inputs: List[Tensor]) -> None:
     if inputs:
         torch.autograd.backward(loss, inputs=inputs)
 
-
-def _dbg(msg):
-    import os, resource
-    if os.environ.get('PROSPR_DEBUG'):
-        cur = int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
-        print(f'    {msg}: cur {cur:.0f} peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024:.0f}', flush=True)
