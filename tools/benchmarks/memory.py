@@ -4,13 +4,13 @@ step, on the real DeepLabV3 R50-D8 and on the demo model.
 Every measurement runs in a fresh (spawned) process: the peak memory it
 reports is the growth of the process's max RSS during the measured calls on
 CPU, ``torch.cuda.max_memory_allocated`` above what was allocated before on
-CUDA. On CPU the workers fix glibc's mmap threshold (``MALLOC_MMAP_THRESHOLD_``)
-so that freed tensors go back to the system at once and RSS follows the live
-tensors, as ``max_memory_allocated`` does; with glibc's default (a threshold
-that grows after each large free) RSS also holds freed heap blocks, which
-inflates small models most. Both models score on the task loss (their
-self-distillation term off) so that scoring and the training step see the
-same batches.
+CUDA. On CPU the workers fix glibc's mmap threshold
+(``MALLOC_MMAP_THRESHOLD_``) so that freed tensors go back to the system at
+once and RSS follows the live tensors, as ``max_memory_allocated`` does;
+with glibc's default (a threshold that grows after each large free) RSS
+also holds freed heap blocks, which inflates small models most. Both models
+score on the task loss (their self-distillation term off) so that scoring
+and the training step see the same batches.
 """
 import copy
 import multiprocessing as mp
