@@ -383,7 +383,9 @@ def test_loss_fn_with_half_of_the_state_contract_rejected(seg_model,
 
 
 @pytest.mark.parametrize('memory_efficient', [True, False])
-def test_micro_batch_groups_equal_concatenated_batches(memory_efficient,
+@pytest.mark.parametrize('momentum', [0.0, 0.9])
+def test_micro_batch_groups_equal_concatenated_batches(momentum,
+                                                       memory_efficient,
                                                        tiny_net):
     """Without BatchNorm, averaging over micro-batches is the loss on the
     concatenated batch."""
@@ -396,7 +398,7 @@ def test_micro_batch_groups_equal_concatenated_batches(memory_efficient,
               torch.cat([y for _, y in micro[k:k + 2]]))
              for k in range(0, 6, 2)]
     params = prunable_parameters(tiny_net)
-    kwargs = dict(num_steps=2, lr=0.5, momentum=0.9,
+    kwargs = dict(num_steps=2, lr=0.5, momentum=momentum,
                   memory_efficient=memory_efficient)
     grouped = prospr_meta_gradients(tiny_net, mse_loss, micro, params,
                                     **kwargs)

@@ -67,8 +67,8 @@ def task_segmentor_cfg(model_cfg):
     BN instead of SyncBN (CPU), no pretrained download. The only place
     here that knows the self-distillation config keys."""
     cfg = copy.deepcopy(model_cfg)
-    cfg.type = 'mmseg.EncoderDecoder'
-    for key in ('sd_loss', 'sd', 'segmentor_type'):
+    cfg.type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
+    for key in ('sd_loss', 'sd'):
         cfg.pop(key, None)
     cfg.pretrained = None
 
