@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.structures import SegDataSample
@@ -236,38 +237,42 @@ def tiny_deeplabv3(frozen_stages: int = -1) -> EncoderDecoder:
         num_classes=3,
         norm_cfg=norm_cfg,
         dropout_ratio=0.3,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0))
+        align_corners=False)
+    backbone = dict(
+        type='ResNetV1c',
+        depth=18,
+        stem_channels=4,
+        base_channels=4,
+        out_indices=(2, 3),
+        dilations=(1, 1, 2, 4),
+        strides=(1, 2, 1, 1),
+        frozen_stages=frozen_stages,
+        norm_cfg=norm_cfg)
+    decode_head = dict(
+        type='ASPPHead',
+        in_channels=32,
+        in_index=1,
+        channels=4,
+        dilations=(1, 2),
+        loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0),
+        **head)
+    auxiliary_head = dict(
+        type='FCNHead',
+        in_channels=16,
+        in_index=0,
+        channels=4,
+        num_convs=1,
+        concat_input=False,
+        loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4),
+        **head)
     torch.manual_seed(0)
-    model = EncoderDecoder(
-        backbone=dict(
-            type='ResNetV1c',
-            depth=18,
-            stem_channels=4,
-            base_channels=4,
-            out_indices=(2, 3),
-            dilations=(1, 1, 2, 4),
-            strides=(1, 2, 1, 1),
-            frozen_stages=frozen_stages,
-            norm_cfg=norm_cfg),
-        decode_head=dict(
-            type='ASPPHead',
-            in_channels=32,
-            in_index=1,
-            channels=4,
-            dilations=(1, 2),
-            **head),
-        auxiliary_head=dict(
-            type='FCNHead',
-            in_channels=16,
-            in_index=0,
-            channels=4,
-            num_convs=1,
-            concat_input=False,
-            **{
-                **head, 'loss_decode':
-                dict(type='CrossEntropyLoss', loss_weight=0.4)
-            }))
+    # sub-module types are looked up in mmseg, whatever default scope
+    # earlier tests (runners) left behind
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = EncoderDecoder(
+            backbone=backbone,
+            decode_head=decode_head,
+            auxiliary_head=auxiliary_head)
     return model.double().train()
 
 
