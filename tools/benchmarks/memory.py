@@ -33,25 +33,22 @@ MODELS = {
 }
 NUM_STEPS = 3
 FULL = dict(criterion='prospr', num_steps=NUM_STEPS, lr=0.1)
+TRAIN, SNIP = 'training step (SGD, momentum 0.9)', 'snip'
+UNROLLED = f'prospr M={NUM_STEPS} full, unrolled (before)'
+AFTER = f'prospr M={NUM_STEPS} full (after)'
 #: Row name -> (scoring options or None for the training step, micro-batches
 #: per loss evaluation).
 VARIANTS = {
-    'training step (SGD, momentum 0.9)': (None, 1),
-    'snip': (dict(criterion='snip'), 1),
+    TRAIN: (None, 1),
+    SNIP: (dict(criterion='snip'), 1),
     f'prospr M={NUM_STEPS} first-order': (dict(FULL, first_order=True), 1),
-    f'prospr M={NUM_STEPS} full, unrolled (before)':
-    (dict(FULL, memory_efficient=False), 1),
-    f'prospr M={NUM_STEPS} full (after)': (FULL, 1),
-    f'prospr M={NUM_STEPS} full, 2 micro-batches per evaluation':
-    (FULL, 2),
+    UNROLLED: (dict(FULL, memory_efficient=False), 1),
+    AFTER: (FULL, 1),
+    f'prospr M={NUM_STEPS} full, 2 micro-batches per evaluation': (FULL, 2),
 }
-TRAIN, SNIP = 'training step (SGD, momentum 0.9)', 'snip'
 #: Environment of the CPU workers: blocks >= 128 KB (glibc's initial
 #: threshold) are mmapped and returned to the system when freed.
 WORKER_ENV = {'MALLOC_MMAP_THRESHOLD_': str(128 * 1024)}
-UNROLLED = f'prospr M={NUM_STEPS} full, unrolled (before)'
-AFTER = f'prospr M={NUM_STEPS} full (after)'
-
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -205,7 +202,8 @@ def bench_model(model_key: str, args: dict) -> List[str]:
         f'{args["repeats"]} call(s) after a warm-up. SNIP sums over 4 '
         f'batches; prospr takes M={NUM_STEPS} inner steps (4 loss '
         'evaluations, one batch each, or 2 micro-batches each = scoring '
-        f'batch {2 * args["batch"]} in the last row). "(before)" is the '
+        f'batch {2 * args["batch"]} in the last row, which holds one more '
+        'parameter-sized buffer). "(before)" is the '
         'graph unrolled through all steps (`memory_efficient=False`), '
         '"(after)" the default adjoint sweep with per-step recomputation.',
         '',

@@ -102,7 +102,10 @@ def prospr_meta_gradients(model: nn.Module,
     of one training batch (gradient accumulation). For a model whose output
     for a sample does not depend on the rest of its batch this equals
     scoring on the concatenated batch; train-mode BatchNorm normalises each
-    micro-batch with its own statistics, as in gradient accumulation.
+    micro-batch with its own statistics, as in gradient accumulation. The
+    activations are those of one micro-batch; without momentum, ``G > 1``
+    holds one more parameter-sized buffer (with momentum the velocity's
+    adjoint is that buffer anyway).
 
     **Memory.** By default (``memory_efficient=True``) the steps run without
     a graph; the meta-gradient is then accumulated backwards, step by step,
