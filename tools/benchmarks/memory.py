@@ -12,7 +12,6 @@ also holds freed heap blocks, which inflates small models most. Both models
 score on the task loss (their self-distillation term off) so that scoring
 and the training step see the same batches.
 """
-import copy
 import multiprocessing as mp
 import os
 import os.path as osp
@@ -20,7 +19,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-from .common import ROOT, SEG_DEMO, WORK_ROOT, peak_rss_mb, timed
+from .common import (ROOT, SEG_DEMO, WORK_ROOT, peak_rss_mb, plain_segmentor,
+                     timed)
 
 SECTION = 'memory'
 
@@ -59,39 +59,12 @@ def add_arguments(parser) -> None:
         help='batch size of the memory section (--size is the input size)')
 
 
-def task_segmentor_cfg(model_cfg):
-    """The config's segmentor as a plain mmseg ``EncoderDecoder``: SD off,
-    BN instead of SyncBN (CPU), no pretrained download. The only place
-    here that knows the self-distillation config keys."""
-    cfg = copy.deepcopy(model_cfg)
-    cfg.type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
-    for key in ('sd_loss', 'sd'):
-        cfg.pop(key, None)
-    cfg.pretrained = None
-
-    def plain_bn(node):
-        if isinstance(node, dict):
-            if node.get('type') == 'SyncBN':
-                node['type'] = 'BN'
-            for value in node.values():
-                plain_bn(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                plain_bn(value)
-
-    plain_bn(cfg)
-    return cfg
-
-
 def build(model_key: str, size: int, batch_size: int, num_batches: int,
           device: torch.device):
     """The model (train mode, on ``device``) and ``num_batches`` demo-data
     batches preprocessed by it at ``size`` x ``size``."""
     from mmengine.config import Config
-    from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
-
-    from epsd_mm.registry import MODELS as EPSD_MODELS
     data_cfg = Config.fromfile(osp.join(ROOT, SEG_DEMO))
     data_cfg.work_dir = WORK_ROOT
     data_cfg.log_level = 'WARNING'
@@ -99,22 +72,13 @@ def build(model_key: str, size: int, batch_size: int, num_batches: int,
     data_cfg.train_dataloader.batch_size = batch_size
     data_cfg.train_dataloader.num_workers = 0
     runner = Runner.from_cfg(data_cfg)  # the demo data, its pipeline
-    cfg = Config.fromfile(osp.join(ROOT, MODELS[model_key][1]))
-    model_cfg = task_segmentor_cfg(cfg.model)
-    model_cfg.data_preprocessor.size = (size, size)
-    with DefaultScope.overwrite_default_scope('epsd_mm'):
-        model = EPSD_MODELS.build(model_cfg).train().to(device)
+    model = plain_segmentor(MODELS[model_key][1], size).train().to(device)
     stream = iter(runner.train_dataloader)
     batches = [
         model.data_preprocessor(next(stream), training=True)
         for _ in range(num_batches)
     ]
     return model, batches
-
-
-def task_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """The scalar training loss of an MMEngine model."""
-    return model.parse_losses(model(**batch, mode='loss'))[0]
 
 
 def _measure(fn: Callable[[], object], repeats: int,
@@ -139,6 +103,7 @@ def _measure(fn: Callable[[], object], repeats: int,
 def _worker(model_key: str, variant: str, args: dict,
             queue: mp.Queue) -> None:
     torch.set_num_threads(args['threads'])
+    from epsd_mm.models import model_loss
     from epsd_mm.pruning import compute_scores, prunable_parameters
     options, micro = VARIANTS[variant]
     num_batches = 1 if options is None else (NUM_STEPS + 1) * micro
@@ -151,13 +116,13 @@ def _worker(model_key: str, variant: str, args: dict,
 
         def fn():
             optimizer.zero_grad(set_to_none=True)
-            task_loss(model, batches[0]).backward()
+            model_loss(model, batches[0]).backward()
             optimizer.step()
     else:
         params = prunable_parameters(model, ('backbone', ))
 
         def fn():
-            compute_scores(model, task_loss, batches, params=params,
+            compute_scores(model, model_loss, batches, params=params,
                            **options)
 
     queue.put(_measure(fn, args['repeats'], device))
