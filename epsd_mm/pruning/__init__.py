@@ -27,7 +27,8 @@ from .channel_scores import (CHANNEL_NORMALIZATION, CHANNEL_SCORERS,
                              compute_channel_scores, get_channel_scorer)
 from .channel_selection import channel_sparsity, select_channels
 from .channels import ChannelGraph, ChannelGroup, ChannelMember
-from .criteria import (SCORERS, check_criterion_options, compute_scores,
+from .criteria import (SCORERS, check_criterion_batches,
+                       check_criterion_options, compute_scores,
                        criterion_needs_batches, criterion_options,
                        get_scorer, grasp_scores, magnitude_scores,
                        prospr_meta_gradients, prospr_scores, random_scores,
@@ -53,7 +54,8 @@ __all__ = [
     'ChannelGraph', 'ChannelGroup', 'ChannelMember', 'LayerSparsity',
     'apply_masks', 'attach_mask_buffers', 'channel_criterion_needs_batches',
     'channel_criterion_options', 'channel_sparsity',
-    'check_channel_criterion_options', 'check_criterion_options',
+    'check_channel_criterion_options', 'check_criterion_batches',
+    'check_criterion_options',
     'check_masked_state_dict', 'check_slim_spec', 'check_sparsity',
     'check_state_dict_shapes', 'compose_slim_specs', 'compute_channel_scores',
     'compute_scores', 'criterion_needs_batches', 'criterion_options',

@@ -7,6 +7,10 @@ import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call
 
+#: ``progress(message, fraction)``: what a criterion is doing (e.g. ``'loss
+#: evaluation 2/7'``) and the fraction of its work done, in [0, 1].
+Progress = Callable[[str, float], None]
+
 
 class _ModelCall(nn.Module):
     """Holds ``model`` so that ``fn(model, ...)`` becomes a ``forward``.

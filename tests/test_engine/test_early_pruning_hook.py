@@ -356,10 +356,15 @@ def test_val_and_test_metrics_include_sparsity(pruned_run):
     (dict(scopes=()), 'at least one'),
     (dict(loss='kd'), "loss must be 'sd'"),
     (dict(num_batches=0), 'needs num_batches >= 1'),
+    (dict(num_batches=6), r'num_batches=6: 6 scoring batches do not split '
+     r'evenly over the 4 loss evaluations of num_steps=3'),
+    (dict(num_batches=5, criterion_cfg=dict(num_steps=1),
+          granularity='channel'), r'\(1 surplus\).*e\.g\. 4 or 6'),
 ],
                          ids=['sparsity1', 'negative', 'criterion',
                               'criterion_cfg', 'selection', 'min_density',
-                              'rounds', 'scopes', 'loss', 'num_batches0'])
+                              'rounds', 'scopes', 'loss', 'num_batches0',
+                              'prospr_groups', 'channel_prospr_groups'])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HOOKS.build(dict(type='epsd_mm.EarlyPruningHook', **kwargs))

@@ -14,6 +14,7 @@ from torch import Tensor
 from epsd_mm.pruning import (compute_scores, prospr_scores,
                              prunable_parameters, snip_scores)
 from epsd_mm.pruning.criteria import prospr_meta_gradients
+from epsd_mm.pruning.criteria.prospr import num_loss_calls
 
 
 def relative_error(actual: Tensor, expected: Tensor) -> float:
@@ -99,6 +100,31 @@ def test_loss_fn_called_in_order_with_cycled_batches(seg_model, seg_batches):
     prospr_scores(seg_model, recording_loss, seg_batches[:2], params,
                   num_steps=3)
     assert seen == [0, 1, 0, 1] + [0] + [0] + [1] + [0]
+
+
+@pytest.mark.parametrize('memory_efficient, first_order',
+                         [(True, False), (True, True), (False, False)])
+def test_progress_counts_every_loss_call(seg_model, seg_batches,
+                                         memory_efficient, first_order):
+    """One report per ``loss_fn`` call; the last one says 'all done'."""
+    calls, reports = [], []
+
+    def counting_loss(model, batch):
+        calls.append(batch)
+        return model.loss(batch)
+
+    batches = seg_batches[:2] * 4  # 2 micro-batches per loss evaluation
+    prospr_scores(seg_model, counting_loss, batches,
+                  prunable_parameters(seg_model), num_steps=3,
+                  first_order=first_order,
+                  memory_efficient=memory_efficient,
+                  progress=lambda message, f: reports.append((message, f)))
+    total = num_loss_calls(2, 3, first_order, memory_efficient)
+    assert total == (2 * 4 if first_order or not memory_efficient
+                     else 2 * (2 * 3 + 1 + 1))
+    assert len(calls) == total
+    assert reports == [(f'loss evaluation {i}/{total}', i / total)
+                       for i in range(1, total + 1)]
 
 
 def test_negative_steps_rejected(seg_model, seg_batches, seg_loss_fn):

@@ -9,8 +9,9 @@ from torch import Tensor, nn
 
 from epsd_mm.models.scoring import (SCORING_LOSSES, ScoringLoss,
                                     scoring_state, tensor_forward)
-from epsd_mm.pruning import (SELECTIONS, apply_masks, check_criterion_options,
-                             check_sparsity, compute_scores,
+from epsd_mm.pruning import (SELECTIONS, apply_masks, check_criterion_batches,
+                             check_criterion_options, check_sparsity,
+                             compute_scores,
                              criterion_needs_batches, get_masks, get_scorer,
                              normalize_scopes, prunable_parameters,
                              select_masks)
@@ -194,10 +195,17 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
                 f'(iters_between_rounds={iters_between_rounds}) are not '
                 'supported. Set iters_between_rounds=0 (rounds back to back '
                 "before training) or prune weights (granularity='weight').")
-        if self._needs_batches(criterion) and num_batches < 1:
-            raise ValueError(
-                f'{name}: criterion {criterion!r} scores on data and needs '
-                f'num_batches >= 1, got {num_batches}.')
+        if self._needs_batches(criterion):
+            if num_batches < 1:
+                raise ValueError(
+                    f'{name}: criterion {criterion!r} scores on data and '
+                    f'needs num_batches >= 1, got {num_batches}.')
+            try:
+                check_criterion_batches(criterion, num_batches,
+                                        criterion_cfg or {})
+            except ValueError as error:
+                raise ValueError(f'{name}: num_batches={num_batches}: '
+                                 f'{error}') from None
         if selection not in SELECTIONS:
             raise ValueError(f'{name}: selection must be one of '
                              f'{SELECTIONS}, got {selection!r}.')

@@ -16,9 +16,10 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 import torch.nn as nn
 from torch import Tensor
 
+from ..functional import Progress
 from ..params import Scopes, prunable_parameters
 from .gradient import grasp_scores, snip_scores
-from .prospr import prospr_meta_gradients, prospr_scores
+from .prospr import check_num_batches, prospr_meta_gradients, prospr_scores
 from .simple import magnitude_scores, random_scores
 from .synflow import synflow_scores
 
@@ -33,13 +34,17 @@ SCORERS: Dict[str, Callable[..., Dict[str, Tensor]]] = {
     'random': random_scores,
 }
 
+#: Criterion name to ``check(num_batches, **options)``, for criteria that
+#: accept only some numbers of scoring batches: it raises a fix-it
+#: ``ValueError`` before any data is drawn.
+BATCH_CHECKS: Dict[str, Callable[..., None]] = {
+    'prospr': check_num_batches,
+}
+
 #: Arguments :func:`compute_scores` passes to a scorer that names them.
 SHARED_ARGS = ('model', 'loss_fn', 'batches', 'params', 'forward_fn',
                'sparsity', 'progress')
 
-#: ``progress(message, fraction)``: what a criterion is doing (e.g. ``'inner
-#: step 2/3, batch 1/4'``) and the fraction of its work done, in [0, 1].
-Progress = Callable[[str, float], None]
 
 
 def get_scorer(criterion: str) -> Callable[..., Dict[str, Tensor]]:
@@ -106,6 +111,21 @@ def check_criterion_options(criterion: str, options: Mapping[str,
         raise ValueError(
             f'criterion {criterion!r} takes no option(s) {unknown}; its '
             f"options are: {', '.join(sorted(valid)) or 'none'}")
+
+
+def check_criterion_batches(criterion: str, num_batches: int,
+                            options: Mapping[str, Any]) -> None:
+    """Check that a criterion can score on ``num_batches`` batches.
+
+    Args:
+        criterion (str): A criterion name (channel criteria of the same
+            name share the check: they score through the same function).
+        num_batches (int): Scoring batches to be drawn.
+        options (Mapping[str, Any]): Keyword options of the criterion.
+    """
+    check = BATCH_CHECKS.get(criterion)
+    if check is not None:
+        check(num_batches, **options)
 
 
 def compute_scores(model: nn.Module,
@@ -180,7 +200,8 @@ def compute_scores(model: nn.Module,
 
 
 __all__ = [
-    'Progress', 'SCORERS', 'SHARED_ARGS', 'check_criterion_options', 'compute_scores',
+    'BATCH_CHECKS', 'Progress', 'SCORERS', 'SHARED_ARGS',
+    'check_criterion_batches', 'check_criterion_options', 'compute_scores',
     'criterion_needs_batches', 'criterion_options', 'get_scorer',
     'grasp_scores', 'magnitude_scores', 'prospr_meta_gradients',
     'prospr_scores', 'random_scores', 'snip_scores', 'synflow_scores'

@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..functional import (as_batch_list, call_with_tensors, preserved_state,
-                          scalar_loss)
+from ..functional import (Progress, as_batch_list, call_with_tensors,
+                          preserved_state, scalar_loss)
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -40,7 +40,8 @@ def prospr_scores(model: nn.Module,
                   lr: float = 0.1,
                   momentum: float = 0.0,
                   first_order: bool = False,
-                  memory_efficient: bool = True) -> Dict[str, Tensor]:
+                  memory_efficient: bool = True,
+                  progress: Optional[Progress] = None) -> Dict[str, Tensor]:
     """ProsPr (prospect pruning) scores, the criterion of EPSD.
 
     The absolute value of :func:`prospr_meta_gradients`; see there.
@@ -59,13 +60,15 @@ def prospr_scores(model: nn.Module,
         first_order (bool): Detach the inner gradients. Defaults to False.
         memory_efficient (bool): Adjoint sweep with recomputation (memory of
             about one step) rather than the unrolled graph. Defaults to True.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every ``loss_fn`` call. Defaults to None.
 
     Returns:
         dict[str, Tensor]: Non-negative scores, detached, one per weight.
     """
     grads = prospr_meta_gradients(model, loss_fn, batches, params,
                                   num_steps, lr, momentum, first_order,
-                                  memory_efficient)
+                                  memory_efficient, progress)
     return {name: g.abs() for name, g in grads.items()}
 
 
@@ -77,7 +80,9 @@ def prospr_meta_gradients(model: nn.Module,
                           lr: float = 0.1,
                           momentum: float = 0.0,
                           first_order: bool = False,
-                          memory_efficient: bool = True) -> Dict[str, Tensor]:
+                          memory_efficient: bool = True,
+                          progress: Optional[Progress] = None
+                          ) -> Dict[str, Tensor]:
     """Signed meta-gradient ``dL(w_M) / dm`` of element-wise masks.
 
     Masks ``m = 1`` multiply the masked parameters, ``w_0 = w * m``; then
@@ -159,6 +164,9 @@ def prospr_meta_gradients(model: nn.Module,
         first_order (bool): Detach the inner gradients. Defaults to False.
         memory_efficient (bool): Adjoint sweep with recomputation rather
             than the unrolled graph. Defaults to True.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every ``loss_fn`` call (see :func:`num_loss_calls` for
+            their number). Defaults to None.
 
     Returns:
         dict[str, Tensor]: Signed ``dL/dm``, detached, shaped like each
@@ -174,7 +182,10 @@ def prospr_meta_gradients(model: nn.Module,
                          f'{type(model).__name__}; take `params` from '
                          'prunable_parameters(model)')
     _check_state_methods(loss_fn)
-    sweep = _InnerSteps(model, loss_fn, groups, list(params), lr, momentum)
+    sweep = _InnerSteps(model, loss_fn, groups, list(params), lr, momentum,
+                        progress)
+    sweep.total_calls = num_loss_calls(
+        len(groups[0]), num_steps, first_order, memory_efficient)
     with preserved_state(model):
         if memory_efficient:
             adjoints = sweep.adjoints(first_order)
@@ -213,6 +224,41 @@ def evaluation_groups(batches: List[Any], num_steps: int) -> List[List[Any]]:
             'batches (one per evaluation, cycled if fewer)')
     size = len(batches) // evaluations
     return [batches[k * size:(k + 1) * size] for k in range(evaluations)]
+
+
+def num_loss_calls(group_size: int, num_steps: int, first_order: bool,
+                   memory_efficient: bool) -> int:
+    """How many times ProsPr calls ``loss_fn``.
+
+    Args:
+        group_size (int): Micro-batches per loss evaluation ``G``.
+        num_steps (int): Inner SGD steps ``M``.
+        first_order (bool): Inner gradients treated as constants.
+        memory_efficient (bool): Adjoint sweep with recomputation.
+
+    Returns:
+        int: ``G (M + 1)`` for one sweep (first-order or unrolled), ``G (2M
+        + 1 + (M - 1)(M - 2) / 2)`` for the adjoint sweep (first sweep, the
+        replays of steps ``0 .. k-1`` for ``k <= M - 2``, one recomputed
+        step per reversed step); an upper bound when a reversed step has
+        nothing to carry back.
+    """
+    if first_order or not memory_efficient or num_steps == 0:
+        return group_size * (num_steps + 1)
+    replays = (num_steps - 1) * (num_steps - 2) // 2
+    return group_size * (2 * num_steps + 1 + replays)
+
+
+def check_num_batches(num_batches: int, num_steps: int = 3, **_: Any) -> None:
+    """Check up front that ``num_batches`` scoring batches fit ProsPr's
+    loss evaluations (see :func:`evaluation_groups`); a fix-it error if not.
+
+    Args:
+        num_batches (int): Scoring batches to be drawn.
+        num_steps (int): Inner SGD steps ``M``. Defaults to 3.
+        **_: ProsPr's other options (ignored).
+    """
+    evaluation_groups(list(range(num_batches)), num_steps)
 
 
 def _check_state_methods(loss_fn: LossFn) -> None:
@@ -268,8 +314,12 @@ class _InnerSteps:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn,
                  groups: List[List[Any]], masked: List[str], lr: float,
-                 momentum: float) -> None:
+                 momentum: float,
+                 progress: Optional[Progress] = None) -> None:
         self.model = model
+        self.progress = progress
+        self.calls_done = 0
+        self.total_calls = 0  # set by the caller, for progress fractions
         self.loss_fn = loss_fn
         self.groups = groups
         self.lr = lr
@@ -292,6 +342,11 @@ class _InnerSteps:
     def _loss(self, tensors: Mapping[str, Tensor], batch: Any,
               group_size: int) -> Tensor:
         loss = call_with_tensors(self.model, tensors, self.loss_fn, batch)
+        self.calls_done += 1
+        if self.progress is not None:
+            total = max(self.total_calls, self.calls_done)
+            self.progress(f'loss evaluation {self.calls_done}/{total}',
+                          self.calls_done / total)
         return scalar_loss(loss) / group_size
 
     def run_steps(self, count: int, replay: bool, keep_last: bool = False
