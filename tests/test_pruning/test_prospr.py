@@ -123,8 +123,18 @@ def test_progress_counts_every_loss_call(seg_model, seg_batches,
     assert total == (2 * 4 if first_order or not memory_efficient
                      else 2 * (2 * 3 + 1 + 1))
     assert len(calls) == total
-    assert reports == [(f'loss evaluation {i}/{total}', i / total)
-                       for i in range(1, total + 1)]
+    assert [f for _, f in reports] == [i / total
+                                       for i in range(1, total + 1)]
+    messages = [m for m, _ in reports]
+    assert all(m.endswith(f'(loss evaluation {i}/{total})')
+               for i, m in enumerate(messages, 1))
+    assert messages[0].startswith('inner step 1/3, batch 1/2')
+    assert messages[5].startswith('inner step 3/3, batch 2/2')
+    assert messages[6].startswith('final loss, batch 1/2')
+    if memory_efficient and not first_order:
+        assert messages[8].startswith('back through step 3/3')
+        assert messages[10].startswith('replay step 1/3')
+        assert messages[-1].startswith('back through step 1/3, batch 2/2')
 
 
 def test_negative_steps_rejected(seg_model, seg_batches, seg_loss_fn):

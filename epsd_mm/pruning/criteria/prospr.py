@@ -340,13 +340,17 @@ class _InnerSteps:
 
     # -- forward ---------------------------------------------------------
     def _loss(self, tensors: Mapping[str, Tensor], batch: Any,
-              group_size: int) -> Tensor:
+              group_size: int, where: str) -> Tensor:
+        """The loss of one micro-batch, scaled for its group; reports
+        progress as ``'<where>, batch i/G (loss evaluation n/total)'``."""
         loss = call_with_tensors(self.model, tensors, self.loss_fn, batch)
         self.calls_done += 1
         if self.progress is not None:
             total = max(self.total_calls, self.calls_done)
-            self.progress(f'loss evaluation {self.calls_done}/{total}',
-                          self.calls_done / total)
+            index = (self.calls_done - 1) % group_size + 1
+            self.progress(
+                f'{where}, batch {index}/{group_size} (loss evaluation '
+                f'{self.calls_done}/{total})', self.calls_done / total)
         return scalar_loss(loss) / group_size
 
     def run_steps(self, count: int, replay: bool, keep_last: bool = False
@@ -377,7 +381,10 @@ class _InnerSteps:
                     self.calls[k][i].restore(self.loss_fn)
                 else:
                     self.calls[k].append(_CallState(self.loss_fn))
-                loss = self._loss(leaves, batch, len(self.groups[k]))
+                loss = self._loss(
+                    leaves, batch, len(self.groups[k]),
+                    f"{'replay' if replay else 'inner'} step "
+                    f'{k + 1}/{len(self.groups) - 1}')
                 _accumulate(loss, list(leaves.values()))
             grads = {name: leaf.grad for name, leaf in leaves.items()}
             del leaves, loss
@@ -431,7 +438,8 @@ class _InnerSteps:
         del theta
         group = self.groups[num_steps]
         for batch in group:
-            loss = self._loss({**leaves, **frozen}, batch, len(group))
+            loss = self._loss({**leaves, **frozen}, batch, len(group),
+                              'final loss')
             _accumulate(loss, list(leaves.values()) + list(frozen.values()))
         del loss
         alpha = {name: leaf.grad for name, leaf in leaves.items()}
@@ -515,7 +523,9 @@ class _InnerSteps:
                 leaves[n].register_post_accumulate_grad_hook(
                     partial(fold, d=direction[n])) for n in stepped
             ]
-            loss = self._loss({**leaves, **frozen}, batch, len(group))
+            loss = self._loss({**leaves, **frozen}, batch, len(group),
+                              f'back through step {k + 1}/'
+                              f'{len(self.groups) - 1}')
             with warnings.catch_warnings():
                 # the leaf-gradient reference cycle it warns about is
                 # broken by `fold`, which resets each .grad at once
@@ -554,8 +564,10 @@ class _InnerSteps:
         fast = dict(start)
         trainable = list(self.theta)
         velocity: Dict[str, Tensor] = {}
-        for group in self.groups[:-1]:
-            loss = sum(self._loss(fast, batch, len(group)) for batch in group)
+        for k, group in enumerate(self.groups[:-1]):
+            where = f'inner step {k + 1}/{len(self.groups) - 1}'
+            loss = sum(
+                self._loss(fast, batch, len(group), where) for batch in group)
             grads = torch.autograd.grad(
                 loss, [fast[n] for n in trainable],
                 create_graph=not first_order,
@@ -569,7 +581,9 @@ class _InnerSteps:
                     velocity[name] = grad
                 fast[name] = fast[name] - self.lr * grad
         group = self.groups[-1]
-        loss = sum(self._loss(fast, batch, len(group)) for batch in group)
+        loss = sum(
+            self._loss(fast, batch, len(group), 'final loss')
+            for batch in group)
         grads = torch.autograd.grad(
             loss, list(start.values()), allow_unused=True)
         return dict(zip(start, grads))
