@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .channels import ChannelGraph, ChannelGroup
 from .criteria.prospr import prospr_meta_gradients
-from .functional import as_batch_list
+from .functional import Progress, as_batch_list
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 ChannelScores = Dict[str, Tensor]
@@ -74,7 +74,9 @@ def channel_mask_gradients(graph: ChannelGraph,
                            num_steps: int = 3,
                            lr: float = 0.1,
                            momentum: float = 0.0,
-                           first_order: bool = False) -> ChannelScores:
+                           first_order: bool = False,
+                           progress: Optional[Progress] = None
+                           ) -> ChannelScores:
     """Signed meta-gradient ``dL(w_M)/dm_c`` of every channel mask.
 
     The element-wise meta-gradients of
@@ -91,14 +93,23 @@ def channel_mask_gradients(graph: ChannelGraph,
         lr (float): Inner learning rate. Defaults to 0.1.
         momentum (float): Inner SGD momentum. Defaults to 0.0.
         first_order (bool): Detach the inner gradients. Defaults to False.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every ``loss_fn`` call. Defaults to None.
 
     Returns:
         dict[str, Tensor]: Signed gradient per channel, by group name.
     """
     graph.check_not_slimmed()
-    grads = prospr_meta_gradients(graph.model, loss_fn, batches,
-                                  graph.parameters(), num_steps, lr,
-                                  momentum, first_order)
+    grads = prospr_meta_gradients(
+        graph.model,
+        loss_fn,
+        batches,
+        graph.parameters(),
+        num_steps,
+        lr,
+        momentum,
+        first_order,
+        progress=progress)
     return _per_group(graph, grads)
 
 
@@ -108,7 +119,9 @@ def channel_prospr_scores(graph: ChannelGraph,
                           num_steps: int = 3,
                           lr: float = 0.1,
                           momentum: float = 0.0,
-                          first_order: bool = False) -> ChannelScores:
+                          first_order: bool = False,
+                          progress: Optional[Progress] = None
+                          ) -> ChannelScores:
     """ProsPr channel scores ``|dL(w_M)/dm_c|`` (structured EPSD).
 
     The absolute value of :func:`channel_mask_gradients`; see there for the
@@ -118,12 +131,15 @@ def channel_prospr_scores(graph: ChannelGraph,
         dict[str, Tensor]: Non-negative score per channel, by group name.
     """
     grads = channel_mask_gradients(graph, loss_fn, batches, num_steps, lr,
-                                   momentum, first_order)
+                                   momentum, first_order, progress)
     return {name: g.abs() for name, g in grads.items()}
 
 
-def channel_snip_scores(graph: ChannelGraph, loss_fn: LossFn,
-                        batches: Iterable[Any]) -> ChannelScores:
+def channel_snip_scores(graph: ChannelGraph,
+                        loss_fn: LossFn,
+                        batches: Iterable[Any],
+                        progress: Optional[Progress] = None
+                        ) -> ChannelScores:
     """SNIP channel scores ``|dL/dm_c|`` at the current weights.
 
     ``dL/dm_c = sum_e w_e * dL/dw_e`` over the channel's entries, with the
@@ -134,17 +150,22 @@ def channel_snip_scores(graph: ChannelGraph, loss_fn: LossFn,
         graph (ChannelGraph): The groups of the (dense) model.
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
         batches (Iterable): Batches passed to ``loss_fn``.
+        progress (Callable, optional): ``progress(message, fraction)``
+            after every batch. Defaults to None.
 
     Returns:
         dict[str, Tensor]: Non-negative score per channel, by group name.
     """
     total: Optional[ChannelScores] = None
-    for batch in as_batch_list(batches):
+    batches = as_batch_list(batches)
+    for i, batch in enumerate(batches, 1):
         grads = channel_mask_gradients(graph, loss_fn, [batch], num_steps=0)
         total = grads if total is None else {
             name: total[name] + g
             for name, g in grads.items()
         }
+        if progress is not None:
+            progress(f'gradient batch {i}/{len(batches)}', i / len(batches))
     return {name: g.abs() for name, g in total.items()}
 
 
@@ -193,8 +214,9 @@ def channel_random_scores(graph: ChannelGraph,
 
 
 #: Channel criterion name to scoring function. A scoring function takes
-#: ``graph`` and any of ``loss_fn``, ``batches`` (by these names) plus its
-#: own keyword options, and returns one 1-D score tensor per group.
+#: ``graph`` and any of ``loss_fn``, ``batches``, ``progress`` (by these
+#: names) plus its own keyword options, and returns one 1-D score tensor per
+#: group.
 CHANNEL_SCORERS: Dict[str, Callable[..., ChannelScores]] = {
     'prospr': channel_prospr_scores,
     'snip': channel_snip_scores,
@@ -211,6 +233,7 @@ CHANNEL_SCORERS: Dict[str, Callable[..., ChannelScores]] = {
 CHANNEL_NORMALIZATION: Dict[str, Optional[str]] = {'magnitude': 'mean'}
 
 _DATA_ARGS = ('loss_fn', 'batches')
+_SHARED_ARGS = ('graph', 'progress') + _DATA_ARGS
 
 
 def get_channel_scorer(criterion: str) -> Callable[..., ChannelScores]:
@@ -244,7 +267,7 @@ def channel_criterion_options(criterion: str) -> Dict[str, Any]:
     return {
         name: p.default
         for name, p in params.items()
-        if name not in ('graph', ) + _DATA_ARGS
+        if name not in _SHARED_ARGS
     }
 
 
@@ -283,6 +306,7 @@ def compute_channel_scores(graph: ChannelGraph,
                            loss_fn: Optional[LossFn] = None,
                            batches: Optional[Iterable[Any]] = None,
                            criterion: str = 'prospr',
+                           progress: Optional[Progress] = None,
                            **criterion_kwargs: Any) -> ChannelScores:
     """Score every channel of ``graph`` with a criterion.
 
@@ -297,6 +321,8 @@ def compute_channel_scores(graph: ChannelGraph,
             Defaults to None.
         criterion (str): A key of :data:`CHANNEL_SCORERS`. Defaults to
             ``'prospr'``.
+        progress (Callable, optional): ``progress(message, fraction)``,
+            passed to criteria that report progress. Defaults to None.
         **criterion_kwargs: Options of the criterion, e.g. ``num_steps``
             for ``'prospr'`` or ``generator`` for ``'random'``.
 
@@ -316,5 +342,7 @@ def compute_channel_scores(graph: ChannelGraph,
                     f'channel criterion {criterion!r} needs `{name}`, got '
                     'None')
             args[name] = available[name]
+    if 'progress' in wanted and progress is not None:
+        args['progress'] = progress
     scores = scorer(graph, **args, **criterion_kwargs)
     return {name: score.detach() for name, score in scores.items()}

@@ -3,6 +3,7 @@ EPSD DeepLabV3: channels removed before training, slim checkpoints through
 resume, load_from and test, clear errors on mismatches."""
 import copy
 import os.path as osp
+import re
 
 import pytest
 import torch
@@ -130,6 +131,10 @@ def test_channels_removed_before_training(slim_run):
     log = slim_run['log']
     assert ('scoring the channels of backbone with prospr on the sd loss '
             '(2 batches' in log)
+    # the last progress line of the scoring (always logged), with its ETA
+    assert re.search(r'EarlyPruningHook scoring: back through step 1/\d+, '
+                     r'batch 1/1 \(loss evaluation (\d+)/\1\) \(100%, '
+                     r'elapsed [\d.]+s, ETA 0\.0s\)', log)
     assert ('removed 184 channels in ' in log
             and f's, 184 of {NUM_CHANNELS} kept (channel sparsity 50.00%)'
             in log)

@@ -8,7 +8,7 @@ optimizer and the DDP wrapper at the slim parameters, and measuring
 parameters and FLOPs with ``mmengine.analysis``.
 """
 import copy
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import torch
 from mmengine import dist
@@ -23,7 +23,7 @@ from epsd_mm.pruning.channel_scores import (CHANNEL_NORMALIZATION,
                                             compute_channel_scores)
 from epsd_mm.pruning.channel_selection import select_channels
 from epsd_mm.pruning.channels import ChannelGraph
-from epsd_mm.pruning.functional import preserved_state
+from epsd_mm.pruning.functional import Progress, preserved_state
 from epsd_mm.pruning.slimming import (get_slim_spec, rebind_optimizer,
                                       slim_channels)
 from .mask_hook import unwrap_model
@@ -38,7 +38,8 @@ def prune_channels(model: nn.Module,
                    loss: str,
                    scopes: Sequence[str],
                    selection: str = 'global',
-                   min_density: float = 0.0) -> dict:
+                   min_density: float = 0.0,
+                   progress: Optional[Progress] = None) -> dict:
     """Score, select and remove channels of ``model``, identically on every
     rank.
 
@@ -65,6 +66,8 @@ def prune_channels(model: nn.Module,
         selection (str): ``'global'`` or ``'layerwise'``. Defaults to
             ``'global'``.
         min_density (float): Per-group floor of kept channels. Defaults to 0.
+        progress (Callable, optional): ``progress(message, fraction)``
+            while scoring. Defaults to None.
 
     Returns:
         dict: The model's slim spec (relative to the dense model).
@@ -81,6 +84,7 @@ def prune_channels(model: nn.Module,
             ScoringLoss(model),
             list(batches) or None,
             criterion=criterion,
+            progress=progress,
             **criterion_cfg)
     for score in scores.values():
         dist.all_reduce(score, op='mean')  # no-op when not distributed

@@ -410,7 +410,8 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
             self.loss,
             self.scopes,
             selection=self.selection,
-            min_density=self.min_density)
+            min_density=self.min_density,
+            progress=self._progress(runner, what))
         rebind_runner(runner, before)
         total, kept = spec['channels']['total'], spec['channels']['kept']
         kept_before = earlier['channels']['kept'] if earlier else total
@@ -421,6 +422,14 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
             format_complexity(dense, model_complexity(model, example),
                               example) + '. Changed layers:\n' +
             format_slim_table(spec))
+
+    @staticmethod
+    def _progress(runner, what: str) -> Optional[ScoringProgress]:
+        """Scoring progress for the log, written by rank 0 only."""
+        if runner.rank != 0:
+            return None
+        return ScoringProgress(runner.logger,
+                               f'EarlyPruningHook {what}scoring')
 
     def _prune_weights_round(self, runner, round_: int) -> None:
         model = unwrap_model(runner.model)
@@ -436,9 +445,6 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
             f'{self.criterion} on the {self.loss} loss ({len(batches)} '
             f'batches, options {self.criterion_cfg or "default"}), target '
             f'sparsity {target:.4f}.')
-        progress = (
-            ScoringProgress(runner.logger, f'EarlyPruningHook {what}scoring')
-            if runner.rank == 0 else None)
         with scoring_state(model, self.loss):
             scores = compute_scores(
                 model,
@@ -448,7 +454,7 @@ class EarlyPruningHook(SlimCheckpointMixin, BaseMaskHook):
                 params=params,
                 forward_fn=tensor_forward,
                 sparsity=target,
-                progress=progress,
+                progress=self._progress(runner, what),
                 **self.criterion_cfg)
         for score in scores.values():
             dist.all_reduce(score, op='mean')  # no-op when not distributed
