@@ -11,7 +11,8 @@ from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
 from epsd_mm.pruning import (attach_mask_buffers, check_masked_state_dict,
-                             masked_param_names, rename_legacy_mask_keys)
+                             masked_param_names, rebuild_slim,
+                             rename_legacy_mask_keys)
 from epsd_mm.registry import HOOKS, MODELS
 from epsd_mm.utils import register_checkpoint_safe_globals
 
@@ -90,8 +91,10 @@ def check_state_dict_fits(
                          f'{"; ".join(problems)}. {hint}')
 
 
-def build_masked_model(cfg: Config, state_dict: Mapping[str, Tensor],
-                       source: str) -> nn.Module:
+def build_masked_model(cfg: Config,
+                       state_dict: Mapping[str, Tensor],
+                       source: str,
+                       slim_spec: Optional[dict] = None) -> nn.Module:
     """The training model of ``cfg`` with the pruned ``state_dict`` loaded,
     masks included (the model that produced the checkpoint).
 
@@ -99,11 +102,22 @@ def build_masked_model(cfg: Config, state_dict: Mapping[str, Tensor],
         cfg (Config): The training config.
         state_dict (Mapping[str, Tensor]): The checkpoint's state dict.
         source (str): The checkpoint's name, for errors.
+        slim_spec (dict, optional): The checkpoint's slim spec: the model
+            is rebuilt to it before loading. Defaults to None (dense).
 
     Returns:
         nn.Module: The model, in eval mode.
     """
     model = build_model(cfg)
+    if slim_spec is not None:
+        try:
+            rebuild_slim(model, slim_spec)
+        except ValueError as error:
+            raise ValueError(
+                f'{source} is channel-pruned, but its slim spec does not fit '
+                f'the model of {cfg.filename}: {error}. Pass the config the '
+                'checkpoint was trained with (its work_dir holds a copy).'
+            ) from None
     names = masked_param_names(state_dict)
     params = dict(model.named_parameters())
     missing = [name for name in names if name not in params]
@@ -154,8 +168,11 @@ def pruning_hook_cfg(cfg: Config) -> Optional[Tuple[str, Dict]]:
     return None
 
 
-def pruning_meta(checkpoint: dict, cfg: Config, masks: Mapping[str, Tensor],
-                 source: str) -> dict:
+def pruning_meta(checkpoint: dict,
+                 cfg: Config,
+                 masks: Mapping[str, Tensor],
+                 source: str,
+                 slim_spec: Optional[dict] = None) -> dict:
     """What a deployed checkpoint records about its pruning.
 
     The sparsity is measured on the masks. The criterion comes from the
@@ -166,12 +183,17 @@ def pruning_meta(checkpoint: dict, cfg: Config, masks: Mapping[str, Tensor],
     Args:
         checkpoint (dict): The training checkpoint.
         cfg (Config): The config given for it.
-        masks (Mapping[str, Tensor]): Its keep-masks.
+        masks (Mapping[str, Tensor]): Its keep-masks (may be empty for a
+            channel-pruned checkpoint).
         source (str): The checkpoint's path.
+        slim_spec (dict, optional): Its slim spec, if channel-pruned.
+            Defaults to None.
 
     Returns:
-        dict: ``sparsity``, ``pruned``/``prunable`` weight counts, the
-        number of ``masked_tensors``, the ``pruning_hook`` name and
+        dict: ``sparsity`` (of the masked weights, 0 without masks),
+        ``pruned``/``prunable`` weight counts, the number of
+        ``masked_tensors``, ``channels`` (``total``/``kept`` channels in
+        scope, None if not channel-pruned), the ``pruning_hook`` name and
         arguments, the ``criterion``, ``config_source`` (where the hook was
         read) and ``source_checkpoint``.
     """
@@ -187,10 +209,12 @@ def pruning_meta(checkpoint: dict, cfg: Config, masks: Mapping[str, Tensor],
     prunable = sum(m.numel() for m in masks.values())
     pruned = sum(int((~m.bool()).sum()) for m in masks.values())
     return dict(
-        sparsity=pruned / prunable,
+        sparsity=pruned / prunable if prunable else 0.0,
         pruned=pruned,
         prunable=prunable,
         masked_tensors=len(masks),
+        channels=(dict(slim_spec['channels'])
+                  if slim_spec and 'channels' in slim_spec else None),
         pruning_hook=name,
         criterion=args.get('criterion', IMPLIED_CRITERIA.get(name)),
         hook_args=to_plain(args),

@@ -131,17 +131,23 @@ def _top_level_test_pipeline(cfg: Config) -> Optional[str]:
         'inference_model reads it)'
 
 
-def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
+def deploy_config(cfg: Config,
+                  slim_spec: Optional[dict] = None) -> Tuple[Config, List[str]]:
     """The config of the deployed (folded) network.
 
     Drops every hook of an epsd_mm type from ``default_hooks`` and
     ``custom_hooks`` (pruning, self-distillation), replaces the model by
     :func:`plain_model_cfg`, adds a top-level ``test_pipeline`` if there is
     none, and sets the default scope to the plain model's package when no
-    component needs the ``epsd_mm`` scope any more.
+    component needs the ``epsd_mm`` scope any more. A channel-pruned
+    network's model becomes ``epsd_mm.SlimModel`` (see
+    :func:`~epsd_mm.models.slim_model.build_slim_model`), with
+    ``custom_imports`` of ``epsd_mm`` so that plain mmseg/mmdet find it.
 
     Args:
         cfg (Config): The training config.
+        slim_spec (dict, optional): The checkpoint's slim spec. Defaults to
+            None (dense architecture).
 
     Returns:
         tuple[Config, list[str]]: The deploy config and a description of
@@ -182,6 +188,20 @@ def deploy_config(cfg: Config) -> Tuple[Config, List[str]]:
             and not _needs_epsd_mm_scope(cfg)):
         cfg.default_scope = model_scope
         changes.append(f"default_scope: '{SCOPE}' -> '{model_scope}'")
+    if slim_spec is not None:
+        from epsd_mm.models.slim_model import slim_model_cfg
+        cfg.model = slim_model_cfg(cfg.model, slim_spec)
+        imports = dict(cfg.get('custom_imports') or {})
+        modules = list(imports.get('imports', []))
+        if 'epsd_mm' not in modules:
+            cfg.custom_imports = dict(
+                imports, imports=modules + ['epsd_mm'])
+        changes.append(
+            f'model: {model.type} -> epsd_mm.SlimModel with the slim '
+            f"architecture ({slim_spec['channels']['kept']} of "
+            f"{slim_spec['channels']['total']} channels kept in scope)"
+            if 'channels' in slim_spec else
+            f'model: {model.type} -> epsd_mm.SlimModel (slim architecture)')
     return cfg, changes
 
 

@@ -5,7 +5,8 @@ masks, config against checkpoint, folded against masked outputs) and only
 then writes:
 
 * ``folded.pth``: a plain MMEngine checkpoint of the deployed network (masks
-  multiplied in, no mask buffers, no self-distillation state);
+  multiplied in, no mask buffers, no self-distillation state; a
+  channel-pruned network keeps its slim tensors);
 * ``deploy_config.py``: the config of that network (see
   :func:`~epsd_mm.deploy.deploy_config`);
 * ``sparse.pth``: the same weights, pruned tensors as bitmask plus values
@@ -13,6 +14,7 @@ then writes:
 * ``model.onnx`` (optional): the tensor-mode network, checked against
   PyTorch with onnxruntime.
 """
+import io
 import os
 import os.path as osp
 import shutil
@@ -25,6 +27,7 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from epsd_mm.models.slim_model import slim_spec_of_checkpoint
 from .checkpoint import (build_masked_model, build_model,
                          check_state_dict_fits, load_checkpoint_dict,
                          pruning_meta, to_plain)
@@ -54,6 +57,9 @@ class ExportResult(NamedTuple):
     Attributes:
         files (list[tuple[str, int]]): Path and size in bytes of every file
             written.
+        dense_bytes (int): Size of ``folded.pth`` for the dense network
+            (for a channel-pruned one, the dense architecture saved the same
+            way; otherwise ``folded.pth``'s own size).
         sparse (SparseSummary): Bytes of the pruned tensors, dense and
             in ``sparse.pth``.
         logits_diff (float): Max abs difference between the masked and the
@@ -65,6 +71,7 @@ class ExportResult(NamedTuple):
             dropped from the checkpoint.
     """
     files: List[Tuple[str, int]]
+    dense_bytes: int
     sparse: SparseSummary
     logits_diff: float
     onnx_diff: Optional[float]
@@ -95,6 +102,17 @@ def _max_abs_diff(first: nn.Module, second: nn.Module,
     a = TensorModeModel(first)(inputs)
     b = TensorModeModel(second)(inputs)
     return float((a - b).abs().max())
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _saved_bytes(obj: dict) -> int:
+    """Bytes ``torch.save`` writes for ``obj``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
 
 
 def _folded_meta(checkpoint: dict, deploy_cfg: Config, pruning: dict) -> dict:
@@ -141,14 +159,22 @@ def export_pruned_checkpoint(
     check_out_dir(out_dir, force)
     shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
     ckpt = load_checkpoint_dict(checkpoint)
+    slim_spec = slim_spec_of_checkpoint(ckpt)
     try:
-        folded_all, masks = fold_masks(ckpt['state_dict'])
+        folded_all, masks = fold_masks(
+            ckpt['state_dict'], require_masks=slim_spec is None)
     except ValueError as error:
         raise ValueError(f'{checkpoint}: {error}') from None
-    masked = build_masked_model(cfg, ckpt['state_dict'], checkpoint)
+    masked = build_masked_model(cfg, ckpt['state_dict'], checkpoint,
+                                slim_spec)
 
-    deploy_cfg, changes = deploy_config(cfg)
+    deploy_cfg, changes = deploy_config(cfg, slim_spec)
     plain = build_model(deploy_cfg)
+    dense = plain if slim_spec is None else build_model(deploy_config(cfg)[0])
+    if slim_spec is not None:
+        log(f'slim network: {_num_params(plain):,} parameters, '
+            f'{_num_params(dense):,} dense '
+            f'({_num_params(plain) / _num_params(dense):.3f}x)')
     keys = list(plain.state_dict())
     changes += [
         f'dropped {key} (not part of the deployed network)'
@@ -175,7 +201,7 @@ def export_pruned_checkpoint(
             f'{logits_diff:.2e} > {atol:.0e}; nothing was written. Check that '
             'the config is the one the checkpoint was trained with.')
 
-    pruning = pruning_meta(ckpt, cfg, masks, checkpoint)
+    pruning = pruning_meta(ckpt, cfg, masks, checkpoint, slim_spec)
     meta = _folded_meta(ckpt, deploy_cfg, pruning)
     os.makedirs(out_dir, exist_ok=True)
     paths = {
@@ -190,13 +216,17 @@ def export_pruned_checkpoint(
                 changes='\n'.join(f'#   {c}'
                                   for c in changes)) + deploy_cfg.pretty_text)
     torch.save(dict(meta=meta, state_dict=kept), paths[FOLDED])
+    dense_bytes = (
+        osp.getsize(paths[FOLDED]) if dense is plain else _saved_bytes(
+            dict(meta=meta, state_dict=dense.state_dict())))
     sparse_masks = {k: m for k, m in masks.items() if k in kept}
     summary = save_sparse_checkpoint(paths[SPARSE], kept, sparse_masks, meta)
     if not identical_state_dicts(load_sparse_checkpoint(paths[SPARSE]), kept):
         raise RuntimeError(f'{paths[SPARSE]} does not decode to the folded '
                            'state dict; please report this.')
-    log(f'{SPARSE} decodes to {FOLDED} bit for bit; pruned tensors take '
-        f'{summary.ratio:.3f}x their dense bytes')
+    log(f'{SPARSE} decodes to {FOLDED} bit for bit; ' +
+        (f'pruned tensors take {summary.ratio:.3f}x their dense bytes'
+         if summary.num_sparse else 'no masked tensors (all stored dense)'))
     written = [paths[FOLDED], paths[SPARSE], paths[CONFIG]]
 
     onnx_diff = None
@@ -214,5 +244,5 @@ def export_pruned_checkpoint(
                     f'{onnx_atol:.0e}; {ONNX} was not written.')
             shutil.move(tmp_path, paths[ONNX])
         written.append(paths[ONNX])
-    return ExportResult([(p, osp.getsize(p)) for p in written], summary,
-                        logits_diff, onnx_diff, pruning, changes)
+    return ExportResult([(p, osp.getsize(p)) for p in written], dense_bytes,
+                        summary, logits_diff, onnx_diff, pruning, changes)

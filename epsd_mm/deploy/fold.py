@@ -8,7 +8,8 @@ from epsd_mm.pruning import MASK_SUFFIX, masked_param_names
 
 
 def fold_masks(
-    state_dict: Mapping[str, Tensor]
+    state_dict: Mapping[str, Tensor],
+    require_masks: bool = True
 ) -> Tuple['OrderedDict[str, Tensor]', Dict[str, Tensor]]:
     """Multiply every mask into its weight and drop the mask entries.
 
@@ -19,17 +20,21 @@ def fold_masks(
     Args:
         state_dict (Mapping[str, Tensor]): A pruned model's state dict, e.g.
             ``checkpoint['state_dict']`` of a run with a pruning hook.
+        require_masks (bool): Refuse a state dict without masks. Defaults
+            to True; False for channel-pruned checkpoints, pruned without
+            masks.
 
     Returns:
         tuple: The folded state dict (same order, no mask entries) and the
         bool keep-mask of every folded weight, by parameter name.
 
     Raises:
-        ValueError: If the state dict holds no masks, or a mask's shape
+        ValueError: If the state dict holds no masks (and
+            ``require_masks``), or a mask's shape
             differs from its weight's.
     """
     names = masked_param_names(state_dict)
-    if not names:
+    if not names and require_masks:
         raise ValueError(
             f'the state dict holds no masks (no "*{MASK_SUFFIX}" entries): '
             'it is not a pruned model. Pass a checkpoint written by a run '

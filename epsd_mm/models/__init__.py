@@ -11,13 +11,13 @@ from .scoring import (SCORING_LOSSES, ScoringLoss, model_loss, scoring_state,
 from .sd_methods import CSKD, DLB, PSKD, BaseSDMethod, CrossCorrelation
 from .self_distill import SelfDistillMixin, build_sd_method
 from .slim_model import (SLIM_SPEC_META_KEY, build_slim_model,
-                         slim_spec_of_checkpoint)
+                         slim_model_cfg, slim_spec_of_checkpoint)
 
 __all__ = [
     'BaseSDMethod', 'CAMHead', 'CSKD', 'CrossCorrelation', 'DLB', 'PSKD',
     'SCORING_LOSSES', 'SLIM_SPEC_META_KEY', 'ScoringLoss', 'SelfDistillMixin',
     'build_sd_method', 'build_slim_model', 'model_loss', 'scoring_state',
-    'slim_spec_of_checkpoint', 'tensor_forward', 'trace_forward'
+    'slim_model_cfg', 'slim_spec_of_checkpoint', 'tensor_forward', 'trace_forward'
 ]
 
 if import_task_module('epsd_mm.models.segmentors', requires='mmseg'):

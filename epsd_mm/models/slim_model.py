@@ -1,5 +1,6 @@
 """Build a channel-pruned (slim) model from a plain model config."""
-from typing import Any, Mapping, Optional
+import copy
+from typing import Any, Mapping, Optional, Union
 
 from torch import nn
 
@@ -27,39 +28,45 @@ def slim_spec_of_checkpoint(checkpoint: Mapping) -> Optional[dict]:
 
 
 @MODELS.register_module(name='SlimModel')
-def build_slim_model(model: dict, slim_spec: dict, **kwargs: Any) -> nn.Module:
+def build_slim_model(model_type: Union[str, type], slim_spec: dict,
+                     **kwargs: Any) -> nn.Module:
     """Build a model and give it the slim architecture of a slim spec.
 
-    For deploying a channel-pruned checkpoint with plain OpenMMLab APIs,
-    e.g. ``mmseg.apis.init_model``: the config's model becomes::
+    For deploying a channel-pruned checkpoint with plain OpenMMLab APIs
+    (``mmseg.apis.init_model``, ``mmdet.apis.init_detector``, their
+    inferencers): the model config keeps all its keys, its ``type`` moves
+    to ``model_type`` and the spec is added::
 
         model = dict(
             type='epsd_mm.SlimModel',
-            model=<the model config the checkpoint was trained with>,
-            slim_spec=slim_spec_of_checkpoint(checkpoint))
+            model_type='mmseg.EncoderDecoder',   # the model's own type
+            slim_spec=slim_spec_of_checkpoint(checkpoint),
+            backbone=..., decode_head=..., ...)  # the model's own keys
 
+    so APIs that edit ``config.model`` (``backbone.init_cfg``,
+    ``pretrained``, ``train_cfg``) find the keys they expect.
+    ``tools/deploy/export.py`` writes such a config for a slim checkpoint.
     The result is the built model itself (not a wrapper), with the slim
     channel counts, so the slim checkpoint's state dict loads with its keys
     unchanged and strictly.
 
     Args:
-        model (dict): Config of the dense model.
+        model_type (str | type): The model's registered type, e.g.
+            ``'mmseg.EncoderDecoder'``.
         slim_spec (dict): Slim spec of the checkpoint (see
             :mod:`epsd_mm.pruning.slimming`).
-        **kwargs: Further keys of the model config. APIs that set keys on
-            ``config.model`` (mmseg's ``init_model`` sets
-            ``pretrained=None`` and ``train_cfg=None``) reach the built
-            model this way.
+        **kwargs: The other keys of the model config.
 
     Returns:
         nn.Module: The slim model (weights are placeholders until a
         checkpoint is loaded).
     """
-    if not isinstance(model, dict) or 'type' not in model:
+    if not isinstance(model_type, (str, type)):
         raise TypeError(
-            'SlimModel: `model` must be the config dict of the dense model '
-            f"(with a 'type'), got {type(model).__name__}.")
-    built = MODELS.build({**model, **kwargs})
+            'SlimModel: `model_type` must be the registered type of the '
+            "dense model (e.g. 'mmseg.EncoderDecoder'), got "
+            f'{type(model_type).__name__}.')
+    built = MODELS.build(dict(type=model_type, **kwargs))
     try:
         rebuild_slim(built, slim_spec)
     except ValueError as error:
@@ -67,3 +74,22 @@ def build_slim_model(model: dict, slim_spec: dict, **kwargs: Any) -> nn.Module:
             f'SlimModel: {error} (slim_spec must come from a checkpoint of '
             'this model config, see slim_spec_of_checkpoint).') from None
     return built
+
+
+def slim_model_cfg(model_cfg: Mapping, slim_spec: dict) -> dict:
+    """The :func:`build_slim_model` config of a dense model config.
+
+    Args:
+        model_cfg (Mapping): Config of the dense model (with ``type``).
+        slim_spec (dict): Slim spec of the checkpoint.
+
+    Returns:
+        dict: ``dict(type='epsd_mm.SlimModel', model_type=..., slim_spec=...,
+        **other keys)``.
+    """
+    cfg = dict(copy.deepcopy(dict(model_cfg)))
+    return dict(
+        type='epsd_mm.SlimModel',
+        model_type=cfg.pop('type'),
+        slim_spec=copy.deepcopy(slim_spec),
+        **cfg)

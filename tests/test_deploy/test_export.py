@@ -1,17 +1,23 @@
 import copy
 import os
 import os.path as osp
+from types import SimpleNamespace
 
 import pytest
 import torch
 from mmengine.config import Config
 from mmengine.runner import load_checkpoint
 from mmseg.apis import init_model
+from mmseg.datasets import PascalVOCDataset
 
 from epsd_mm.deploy import (export_pruned_checkpoint, identical_state_dicts,
                             load_sparse_checkpoint)
 from epsd_mm.deploy.checkpoint import build_model
-from epsd_mm.pruning import MASK_SUFFIX
+from epsd_mm.models import SLIM_SPEC_META_KEY, trace_forward
+from epsd_mm.pruning import (MASK_SUFFIX, ChannelGraph,
+                             compute_channel_scores, get_slim_spec,
+                             select_channels, slim_channels)
+from .conftest import randomise_batch_norms
 
 
 def _quiet(_):
@@ -104,3 +110,78 @@ def test_refuses_an_output_dir_with_files_unless_forced(pruned, tmp_path):
     export_pruned_checkpoint(
         pruned.cfg, pruned.checkpoint, str(out), force=True, log=_quiet)
     assert 'state_dict' in torch.load(str(out / 'folded.pth'))
+
+
+# --------------------------------------------------------------------------
+# Channel-pruned (slim) checkpoints
+# --------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def slim(pruned, tmp_path_factory):
+    """The tiny config's model with half of its backbone channels removed,
+    saved as a run saves it (slim spec and config text in ``meta``), and
+    its export (ONNX included)."""
+    tmp = tmp_path_factory.mktemp('slim')
+    torch.manual_seed(0)
+    model = build_model(pruned.cfg)
+    randomise_batch_norms(model)
+    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward)
+    scores = compute_channel_scores(
+        graph, criterion='random', generator=torch.Generator().manual_seed(0))
+    spec = slim_channels(graph, select_channels(scores, 0.5))
+    path = str(tmp / 'iter_3.pth')
+    torch.save(
+        dict(
+            meta={
+                SLIM_SPEC_META_KEY: spec,
+                'cfg': pruned.cfg.pretty_text,
+                'dataset_meta': dict(PascalVOCDataset.METAINFO)
+            },
+            state_dict=model.state_dict()), path)
+    out_dir = str(tmp / 'deploy')
+    result = export_pruned_checkpoint(
+        pruned.cfg, path, out_dir, onnx=True, log=_quiet)
+    return SimpleNamespace(
+        model=model.eval(), spec=spec, path=path, out_dir=out_dir,
+        result=result)
+
+
+def test_slim_checkpoint_exports_a_slim_deploy_config(slim):
+    deploy_cfg = Config.fromfile(osp.join(slim.out_dir, 'deploy_config.py'))
+    assert deploy_cfg.model.type == 'epsd_mm.SlimModel'
+    assert deploy_cfg.model.model_type == 'mmseg.EncoderDecoder'
+    assert deploy_cfg.model.slim_spec == slim.spec
+    assert 'epsd_mm' in deploy_cfg.custom_imports.imports
+    assert 'sd' not in deploy_cfg.model
+    folded = torch.load(osp.join(slim.out_dir, 'folded.pth'))
+    assert folded['state_dict'].keys() == slim.model.state_dict().keys()
+    pruning = folded['meta']['pruning']
+    assert pruning['channels'] == slim.spec['channels']
+    assert pruning['prunable'] == 0 and pruning['masked_tensors'] == 0
+    # the dense network's folded checkpoint is larger than the slim one
+    assert slim.result.dense_bytes > 1.5 * slim.result.files[0][1]
+    assert slim.result.onnx_diff <= 1e-4
+
+
+def test_mmseg_init_model_runs_the_slim_network(slim):
+    model = init_model(
+        osp.join(slim.out_dir, 'deploy_config.py'),
+        osp.join(slim.out_dir, 'folded.pth'),
+        device='cpu')
+    assert type(model).__name__ == 'EncoderDecoder'  # plain mmseg, slim
+    assert get_slim_spec(model) == slim.spec
+    inputs = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(inputs, mode='tensor'), slim.model(inputs, mode='tensor'),
+            rtol=0, atol=1e-5)
+
+
+def test_slim_checkpoint_on_another_model_config_is_refused(
+        slim, pruned, tmp_path):
+    cfg = copy.deepcopy(pruned.cfg)
+    cfg.model.backbone.base_channels = 16
+    with pytest.raises(ValueError, match='is channel-pruned, but its slim '
+                       'spec does not fit the model'):
+        export_pruned_checkpoint(
+            cfg, slim.path, str(tmp_path / 'out'), log=_quiet)
+    assert not osp.exists(tmp_path / 'out')

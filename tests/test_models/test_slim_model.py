@@ -9,7 +9,8 @@ from mmengine.runner import load_checkpoint
 from mmseg.apis import init_model
 
 from epsd_mm.models import (SLIM_SPEC_META_KEY, build_slim_model,
-                            slim_spec_of_checkpoint, trace_forward)
+                            slim_model_cfg, slim_spec_of_checkpoint,
+                            trace_forward)
 from epsd_mm.pruning import (ChannelGraph, compute_channel_scores,
                              get_slim_spec, layer_channels, select_channels,
                              slim_channels)
@@ -45,12 +46,13 @@ def test_init_model_loads_slim_checkpoint_strictly(slim_checkpoint, tmp_path):
     deploy = Config(
         dict(
             default_scope='epsd_mm',
-            model=dict(
-                type='epsd_mm.SlimModel', model=model_cfg, slim_spec=spec)))
+            model=slim_model_cfg(model_cfg, spec)))
     # the spec survives a config file (deployment configs are files)
     deploy.dump(str(tmp_path / 'deploy.py'))
     deploy = Config.fromfile(str(tmp_path / 'deploy.py'))
     assert deploy.model.slim_spec == spec
+    assert deploy.model.model_type == model_cfg.type
+    assert deploy.model.backbone == model_cfg.backbone  # keys APIs edit
     model = init_model(deploy, path, device='cpu')
     assert type(model) is type(slim)  # the model itself, no wrapper
     assert layer_channels(model) == layer_channels(slim)
@@ -68,14 +70,14 @@ def test_init_model_loads_slim_checkpoint_strictly(slim_checkpoint, tmp_path):
 def test_slim_model_errors(slim_checkpoint):
     model_cfg, _, path = slim_checkpoint
     spec = slim_spec_of_checkpoint(torch.load(path))
-    with pytest.raises(TypeError, match='config dict of the dense model'):
-        build_slim_model(model=None, slim_spec=spec)
+    with pytest.raises(TypeError, match='registered type of the dense'):
+        build_slim_model(model_type=None, slim_spec=spec)
     wider = copy.deepcopy(model_cfg)
     wider.backbone.base_channels = 16
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         with pytest.raises(ValueError,
                            match='SlimModel: the slim spec does not fit .*'
                            'made from 8 out'):
-            build_slim_model(model=wider, slim_spec=spec)
+            MODELS.build(slim_model_cfg(wider, spec))
         with pytest.raises(ValueError, match='not a slim spec'):
-            build_slim_model(model=model_cfg, slim_spec=dict(layers={}))
+            MODELS.build(slim_model_cfg(model_cfg, dict(layers={})))

@@ -56,9 +56,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def size_table(files, source: str, dense_bytes: int) -> str:
-    """File, size and ratio to the dense (folded) checkpoint."""
+    """File, size and ratio to the dense folded checkpoint."""
     table = PrettyTable(['file', 'size (KB)', 'ratio to dense'])
-    rows = [(source + ' (training)', osp.getsize(source))
+    rows = [('dense network (folded.pth of it)', dense_bytes),
+            (source + ' (training)', osp.getsize(source))
             ] + [(osp.basename(path), size)
                  for path, size in files if not path.endswith('.py')]
     for name, size in rows:
@@ -90,15 +91,22 @@ def main() -> None:
     for change in result.changes:
         print(f'deploy config: {change}')
     pruning = result.meta
-    print(f'sparsity {pruning["sparsity"]:.4f} of {pruning["prunable"]:,} '
-          f'prunable weights in {pruning["masked_tensors"]} tensors '
-          f'(criterion: {pruning["criterion"]}, hook: '
+    what = []
+    if pruning['channels']:
+        kept, total = pruning['channels']['kept'], pruning['channels']['total']
+        what.append(f'channel sparsity {1 - kept / total:.4f} ({kept:,} of '
+                    f'{total:,} channels in scope kept)')
+    if pruning['prunable']:
+        what.append(f'sparsity {pruning["sparsity"]:.4f} of '
+                    f'{pruning["prunable"]:,} prunable weights in '
+                    f'{pruning["masked_tensors"]} tensors')
+    print(f'{", ".join(what)} (criterion: {pruning["criterion"]}, hook: '
           f'{pruning["pruning_hook"]}, read from {pruning["config_source"]})')
-    dense_bytes = result.files[0][1]
-    print(size_table(result.files, args.checkpoint, dense_bytes))
-    print(f'pruned tensors: {result.sparse.dense_bytes / 1024:,.1f} KB dense '
-          f'-> {result.sparse.sparse_bytes / 1024:,.1f} KB in sparse.pth '
-          f'({result.sparse.ratio:.3f}x)')
+    print(size_table(result.files, args.checkpoint, result.dense_bytes))
+    if result.sparse.num_sparse:
+        print(f'pruned tensors: {result.sparse.dense_bytes / 1024:,.1f} KB '
+              f'dense -> {result.sparse.sparse_bytes / 1024:,.1f} KB in '
+              f'sparse.pth ({result.sparse.ratio:.3f}x)')
     print(f'written to {args.out_dir}')
 
 

@@ -117,8 +117,9 @@ class SlimCheckpointMixin:
                    f"['{SLIM_SPEC_META_KEY}']), so its architecture cannot "
                    'be rebuilt: use the checkpoint as epsd_mm saved it, or '
                    "build the model as dict(type='epsd_mm.SlimModel', "
-                   'model=..., slim_spec=...) with its spec. To fine-tune '
-                   'from a checkpoint with a smaller head on purpose, load '
+                   'model_type=..., slim_spec=..., ...) with its spec. To '
+                   'fine-tune from a checkpoint with a smaller head on '
+                   'purpose, load '
                    "it through the backbone's init_cfg instead.")
         elif strict:
             fix = ('The checkpoint comes from a different architecture; '
