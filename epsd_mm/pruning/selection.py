@@ -45,13 +45,35 @@ def _top_k(flat: Tensor, k: int) -> Tensor:
 
 
 def _global_masks(scores: Mapping[str, Tensor],
-                  sparsity: float) -> Dict[str, Tensor]:
+                  sparsity: float,
+                  min_density: float = 0.0,
+                  unit: str = 'weight') -> Dict[str, Tensor]:
+    """One top-k over all layers; with a floor, every layer first keeps its
+    best ``max(1, ceil(min_density * n_l))`` and the rest of the budget goes
+    to the highest-scored remaining entries, so the total is still exact."""
     dtype = reduce(torch.promote_types, (s.dtype for s in scores.values()))
     device = next(iter(scores.values())).device
     flat = torch.cat(
         [s.detach().flatten().to(device, dtype) for s in scores.values()])
-    keep = _top_k(flat, kept_count(sparsity, flat.numel()))
     sizes = [s.numel() for s in scores.values()]
+    budget = kept_count(sparsity, flat.numel())
+    if min_density > 0:
+        floors = [max(1, math.ceil(min_density * n)) for n in sizes]
+        if sum(floors) > budget:
+            raise ValueError(
+                f'min_density={min_density} keeps at least {sum(floors)} '
+                f'{unit}s (a floor in each of {len(sizes)} layers), more '
+                f'than the {budget} that sparsity {sparsity} keeps in total; '
+                'lower min_density or the sparsity.')
+        keep = torch.cat([
+            _top_k(chunk, floor)
+            for chunk, floor in zip(flat.split(sizes), floors)
+        ])
+        order = torch.sort(flat, descending=True, stable=True).indices
+        rest = order[~keep[order]]
+        keep[rest[:budget - sum(floors)]] = True
+    else:
+        keep = _top_k(flat, budget)
     return {
         name: chunk.view(s.shape).to(s.device)
         for (name, s), chunk in zip(scores.items(), keep.split(sizes))
@@ -75,8 +97,11 @@ def select_masks(scores: Mapping[str, Tensor],
 
     A layer keeping no weight at all (layer collapse) cuts the network. With
     ``min_density > 0`` every layer keeps at least
-    ``max(1, ceil(min_density * n_l))`` of its highest-scored weights; the
-    total kept may then exceed the target slightly. Otherwise
+    ``max(1, ceil(min_density * n_l))`` of its highest-scored weights. Global
+    selection still keeps exactly the target count (the floors first, the
+    rest of the budget by score; an error if the floors alone exceed it);
+    layer-wise selection keeps the floor where it exceeds the layer's share,
+    so its total may exceed the target. Otherwise
     ``on_collapse='error'`` raises and ``'allow'`` returns the collapsed
     masks.
 
@@ -124,7 +149,7 @@ def select_masks(scores: Mapping[str, Tensor],
             '(synflow).')
 
     if selection == 'global':
-        masks = _global_masks(scores, sparsity)
+        masks = _global_masks(scores, sparsity, min_density, unit)
     else:
         masks = {
             name: _top_k(s.detach().flatten(),

@@ -418,24 +418,25 @@ def test_task_loss_scoring_of_a_plain_model(tiny_cfg):
 
 
 def test_too_few_batches(tiny_cfg, tmp_path, helpers):
-    """An epoch-based loader with 8 batches cannot give 9 scoring batches."""
-    cfg = tiny_cfg({'default_hooks.pruning.num_batches': 9})
+    """An epoch-based loader with 8 batches cannot give 10 scoring batches
+    (5 micro-batches for each of the 2 loss evaluations of num_steps=1)."""
+    cfg = tiny_cfg({'default_hooks.pruning.num_batches': 10})
     cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=1)
     cfg.train_dataloader.sampler = dict(type='DefaultSampler', shuffle=False)
     runner = Runner.from_cfg(cfg)
     assert len(runner.train_dataloader) == 8  # 16 samples (train + aug) / 2
     with pytest.raises(ValueError,
-                       match='yielded only 8 batches but num_batches=9'):
+                       match='yielded only 8 batches but num_batches=10'):
         runner.train()
     _no_checkpoint(tmp_path, helpers)
 
 
-def test_min_density_floor_at_extreme_sparsity(tiny_cfg):
+def test_min_density_floor_at_extreme_sparsity(tiny_cfg, tmp_path, helpers):
     runner = _train(
         tiny_cfg({
-            'default_hooks.pruning.sparsity': 0.9999,
+            'default_hooks.pruning.sparsity': 0.995,
             'default_hooks.pruning.criterion': 'magnitude',
-            'default_hooks.pruning.min_density': 0.01,
+            'default_hooks.pruning.min_density': 0.002,
         },
                  max_iters=1))
     model = _model(runner)
@@ -444,11 +445,28 @@ def test_min_density_floor_at_extreme_sparsity(tiny_cfg):
     params = dict(model.named_parameters())
     total = sum(m.numel() for m in masks.values())
     for name, mask in masks.items():
-        floor = max(1, math.ceil(0.01 * mask.numel()))
+        floor = max(1, math.ceil(0.002 * mask.numel()))
         assert int(mask.sum()) >= floor
         assert (params[name].detach()[~mask] == 0).all()
+    # the floors are part of the budget: the sparsity is exact
     kept = sum(int(m.sum()) for m in masks.values())
-    assert round(1e-4 * total) <= kept < 0.02 * total
+    assert kept == round(0.005 * total)
+
+
+def test_min_density_beyond_the_sparsity_budget_stops(tiny_cfg, tmp_path,
+                                                      helpers):
+    """Floors that alone keep more than the sparsity allows cannot both take
+    effect: the run stops before a checkpoint is written."""
+    cfg = tiny_cfg({
+        'default_hooks.pruning.sparsity': 0.9999,
+        'default_hooks.pruning.criterion': 'magnitude',
+        'default_hooks.pruning.min_density': 0.01,
+    })
+    with pytest.raises(ValueError, match=r'min_density=0.01 keeps at least '
+                       r'\d+ weights .* more than the \d+ that sparsity '
+                       r'0.9999 keeps in total; lower min_density'):
+        Runner.from_cfg(cfg).train()
+    _no_checkpoint(tmp_path, helpers)
 
 
 # --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Demo quality of the baseline family at 90% sparsity, over seeds."""
 import os.path as osp
 import statistics
-from typing import List, Sequence
+from typing import Callable, Dict, List, Sequence
 
-from .common import CUB_DEMO, SEG_DEMO, WORK_ROOT, train_and_eval
+from .common import (CUB_DEMO, SEG_DEMO, SEGFORMER_DEMO, WORK_ROOT,
+                     train_and_eval)
 
 SECTION = 'quality'
 
@@ -34,15 +35,62 @@ FAMILY = {
 }
 
 
-def bench_quality(config: str, metric_keys: Sequence[str], seeds: Sequence[int],
-                  tag: str) -> List[str]:
+#: Self-distilled pruning (O'Neill et al.) on the demo schedule (300
+#: iterations): magnitude cuts every 20 iterations up to iteration 200, the
+#: cross-correlation term to the unpruned self on the backbone's last stage
+#: (as configs/deeplab_voc/sdp_xcorr_segformer_mit-b0.py).
+XCORR = dict(
+    type='CrossCorrelation',
+    loss=dict(
+        type='CrossCorrelationLoss', lambda_offdiag=5e-3, loss_weight=1e-2))
+
+
+def _sdp(cfg, initial_sparsity: float = 0.0) -> None:
+    cfg.model.sd = XCORR
+    cfg.default_hooks.pruning = dict(
+        type='epsd_mm.GradualPruningHook',
+        sparsity=0.9,
+        start=0,
+        end=200,
+        interval=20,
+        initial_sparsity=initial_sparsity,
+        # by global magnitude, the small attention output projections of
+        # the randomly initialised demo MiT would be cut entirely
+        min_density=0.02)
+
+
+def _epsd_then_sdp(cfg) -> None:
+    """EPSD to 50% at initialisation (ProsPr on CE + cross-correlation),
+    then gradual to 90% (as configs/deeplab_voc/epsd_then_sdp.py)."""
+    _sdp(cfg, initial_sparsity=0.5)
+    cfg.default_hooks.epsd = dict(
+        type='epsd_mm.EarlyPruningHook', sparsity=0.5, num_batches=4)
+
+
+#: The SegFormer comparison of the generality issue: EPSD next to
+#: self-distilled pruning and their combination.
+SEGFORMER_FAMILY = {
+    'dense': _dense,
+    'simple combination (prospr, task loss) + SD':
+    FAMILY['simple combination (prospr, task loss) + SD'],
+    'EPSD (prospr, SD loss) + SD': FAMILY['EPSD (prospr, SD loss) + SD'],
+    'SDP (gradual magnitude + cross-correlation)': _sdp,
+    'EPSD 50% -> SDP 90%': _epsd_then_sdp,
+}
+
+
+def bench_quality(config: str,
+                  metric_keys: Sequence[str],
+                  seeds: Sequence[int],
+                  tag: str,
+                  family: Dict[str, Callable] = FAMILY) -> List[str]:
     lines = [
         f'`{config}` at 90% backbone sparsity (dense rows: 0%), same '
         f'schedule, seeds {list(seeds)}; mean ± std over seeds.', '',
         '| method | ' + ' | '.join(metric_keys) + ' | sparsity |',
         '| --- |' + ' ---: |' * (len(metric_keys) + 1)
     ]
-    for method, edit in FAMILY.items():
+    for method, edit in family.items():
         runs = []
         for seed in seeds:
             slug = ''.join(c if c.isalnum() else '_' for c in method)
@@ -62,14 +110,31 @@ def bench_quality(config: str, metric_keys: Sequence[str], seeds: Sequence[int],
     return lines
 
 
+TASKS = ('seg', 'cub', 'segformer')
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group('quality section')
+    group.add_argument(
+        '--quality-tasks', nargs='+', default=list(TASKS), choices=TASKS)
+
 
 def run(args) -> list:
-    return [
-        ('Demo segmentation quality (DeepLabV3, VOC layout)',
-         bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], args.seeds, 'seg')),
-        ('Demo WSOL quality (CAM, CUB layout)',
-         bench_quality(CUB_DEMO, [
-             'wsol/top1_cls', 'wsol/top1_loc@0.20', 'wsol/top1_loc@best',
-             'wsol/gt_known_loc@best', 'wsol/maxboxacc_v2'
-         ], args.seeds, 'cub')),
-    ]
+    tables = []
+    if 'seg' in args.quality_tasks:
+        tables.append(
+            ('Demo segmentation quality (DeepLabV3, VOC layout)',
+             bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], args.seeds, 'seg')))
+    if 'cub' in args.quality_tasks:
+        tables.append(('Demo WSOL quality (CAM, CUB layout)',
+                       bench_quality(CUB_DEMO, [
+                           'wsol/top1_cls', 'wsol/top1_loc@0.20',
+                           'wsol/top1_loc@best', 'wsol/gt_known_loc@best',
+                           'wsol/maxboxacc_v2'
+                       ], args.seeds, 'cub')))
+    if 'segformer' in args.quality_tasks:
+        tables.append(
+            ('Demo SegFormer quality: EPSD, self-distilled pruning and both',
+             bench_quality(SEGFORMER_DEMO, ['mIoU', 'aAcc'], args.seeds,
+                           'segformer', SEGFORMER_FAMILY)))
+    return tables
