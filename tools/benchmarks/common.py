@@ -57,6 +57,22 @@ def plain_segmentor(config: str, size: Optional[int] = None):
         return revert_sync_batchnorm(MODELS.build(cfg))
 
 
+def shorten_schedule(cfg, max_iters: Optional[int]) -> None:
+    """Train for ``max_iters`` instead of the config's iterations: the
+    schedulers' begin/end scale with it, validation and the checkpoint come
+    at the end. None keeps the config's schedule."""
+    if max_iters is None:
+        return
+    scale = max_iters / cfg.train_cfg.max_iters
+    cfg.train_cfg.max_iters = max_iters
+    cfg.train_cfg.val_interval = max_iters
+    cfg.default_hooks.checkpoint.interval = max_iters
+    for scheduler in cfg.param_scheduler:
+        for key in ('begin', 'end'):
+            if key in scheduler:
+                scheduler[key] = int(round(scheduler[key] * scale))
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` after one warm-up call."""
     fn()

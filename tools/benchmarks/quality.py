@@ -1,10 +1,10 @@
 """Demo quality of the baseline family at 90% sparsity, over seeds."""
 import os.path as osp
 import statistics
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .common import (CUB_DEMO, SEG_DEMO, SEGFORMER_DEMO, WORK_ROOT,
-                     train_and_eval)
+                     shorten_schedule, train_and_eval)
 
 SECTION = 'quality'
 
@@ -35,8 +35,8 @@ FAMILY = {
 }
 
 
-#: Self-distilled pruning (O'Neill et al.) on the demo schedule (300
-#: iterations): magnitude cuts every 20 iterations up to iteration 200, the
+#: Self-distilled pruning (O'Neill et al.) on the demo schedule: 15
+#: magnitude cuts over the first two thirds of training, the
 #: cross-correlation term to the unpruned self on the backbone's last stage
 #: (as configs/deeplab_voc/sdp_xcorr_segformer_mit-b0.py).
 XCORR = dict(
@@ -47,12 +47,13 @@ XCORR = dict(
 
 def _sdp(cfg, initial_sparsity: float = 0.0) -> None:
     cfg.model.sd = XCORR
+    interval = max(1, cfg.train_cfg.max_iters // 15)
     cfg.default_hooks.pruning = dict(
         type='epsd_mm.GradualPruningHook',
         sparsity=0.9,
         start=0,
-        end=200,
-        interval=20,
+        end=10 * interval,
+        interval=interval,
         initial_sparsity=initial_sparsity,
         # by global magnitude, the small attention output projections of
         # the randomly initialised demo MiT would be cut entirely
@@ -83,10 +84,14 @@ def bench_quality(config: str,
                   metric_keys: Sequence[str],
                   seeds: Sequence[int],
                   tag: str,
-                  family: Dict[str, Callable] = FAMILY) -> List[str]:
+                  family: Dict[str, Callable] = FAMILY,
+                  max_iters: Optional[int] = None) -> List[str]:
+    schedule = (f'{max_iters} iterations instead of the config\'s'
+                if max_iters else 'the config\'s schedule')
     lines = [
-        f'`{config}` at 90% backbone sparsity (dense rows: 0%), same '
-        f'schedule, seeds {list(seeds)}; mean ± std over seeds.', '',
+        f'`{config}` at 90% backbone sparsity (dense rows: 0%), '
+        f'{schedule} for every method, seeds {list(seeds)}; mean ± std over '
+        'seeds.', '',
         '| method | ' + ' | '.join(metric_keys) + ' | sparsity |',
         '| --- |' + ' ---: |' * (len(metric_keys) + 1)
     ]
@@ -95,7 +100,9 @@ def bench_quality(config: str,
         for seed in seeds:
             slug = ''.join(c if c.isalnum() else '_' for c in method)
             work_dir = osp.join(WORK_ROOT, tag, slug, str(seed))
-            runs.append(train_and_eval(config, edit, seed, work_dir))
+            runs.append(
+                train_and_eval(config, _shortened(edit, max_iters), seed,
+                               work_dir))
             print(f'[{tag}] {method} seed {seed}: {runs[-1]}', flush=True)
         cells = []
         for key in list(metric_keys) + ['sparsity']:
@@ -110,13 +117,27 @@ def bench_quality(config: str,
     return lines
 
 
+def _shortened(edit: Callable, max_iters: Optional[int]) -> Callable:
+
+    def shortened(cfg) -> None:
+        shorten_schedule(cfg, max_iters)
+        edit(cfg)
+
+    return shortened
+
+
 TASKS = ('seg', 'cub', 'segformer')
 
 
 def add_arguments(parser) -> None:
-    group = parser.add_argument_group('quality section')
+    group = parser.add_argument_group('quality and structured_quality')
     group.add_argument(
         '--quality-tasks', nargs='+', default=list(TASKS), choices=TASKS)
+    group.add_argument(
+        '--quality-max-iters',
+        type=int,
+        default=None,
+        help='shorter schedule than the configs\' (iteration-based configs)')
 
 
 def run(args) -> list:
@@ -124,7 +145,8 @@ def run(args) -> list:
     if 'seg' in args.quality_tasks:
         tables.append(
             ('Demo segmentation quality (DeepLabV3, VOC layout)',
-             bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], args.seeds, 'seg')))
+             bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], args.seeds, 'seg',
+                           max_iters=args.quality_max_iters)))
     if 'cub' in args.quality_tasks:
         tables.append(('Demo WSOL quality (CAM, CUB layout)',
                        bench_quality(CUB_DEMO, [
@@ -136,5 +158,6 @@ def run(args) -> list:
         tables.append(
             ('Demo SegFormer quality: EPSD, self-distilled pruning and both',
              bench_quality(SEGFORMER_DEMO, ['mIoU', 'aAcc'], args.seeds,
-                           'segformer', SEGFORMER_FAMILY)))
+                           'segformer', SEGFORMER_FAMILY,
+                           args.quality_max_iters)))
     return tables

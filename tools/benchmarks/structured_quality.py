@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from .common import WORK_ROOT, train_and_eval
+from .common import WORK_ROOT, shorten_schedule, train_and_eval
 
 SECTION = 'structured_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -28,11 +28,6 @@ def add_arguments(parser) -> None:
         type=float,
         default=0.5,
         help='fraction of backbone channels removed by every method')
-    group.add_argument(
-        '--quality-max-iters',
-        type=int,
-        default=None,
-        help='shorter schedule than the config\'s (smoke runs)')
     group.add_argument(
         '--complexity-size',
         type=int,
@@ -63,12 +58,7 @@ def _edit(method_edit: Callable, sparsity: float, max_iters) -> Callable:
     def edit(cfg) -> None:
         if 'pruning' in cfg.default_hooks:
             cfg.default_hooks.pruning.sparsity = sparsity
-        if max_iters is not None:
-            cfg.train_cfg.max_iters = max_iters
-            cfg.train_cfg.val_interval = max_iters
-            cfg.default_hooks.checkpoint.interval = max_iters
-            for scheduler in cfg.param_scheduler:
-                scheduler.end = max_iters
+        shorten_schedule(cfg, max_iters)
         method_edit(cfg)
 
     return edit
