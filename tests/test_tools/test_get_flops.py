@@ -8,10 +8,14 @@ import sys
 import pytest
 import torch
 from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.config import Config
 
 from epsd_mm.deploy.checkpoint import build_model
-from epsd_mm.pruning import (apply_masks, prunable_parameters, random_scores,
-                             select_masks)
+from epsd_mm.models import SLIM_SPEC_META_KEY, trace_forward
+from epsd_mm.pruning import (ChannelGraph, apply_masks,
+                             compute_channel_scores, prunable_parameters,
+                             random_scores, select_channels, select_masks,
+                             slim_channels)
 
 TIMEOUT = 300
 
@@ -73,3 +77,29 @@ def test_get_flops_of_a_pruned_checkpoint(tiny, helpers):
     ]
     assert cells[3] < 0.3 * cells[2]
     assert effective_flops < flops
+
+
+def test_get_flops_of_a_slim_checkpoint(tiny, helpers, tmp_path):
+    """A channel-pruned checkpoint is counted on its slim architecture,
+    after the dense one."""
+    cfg_path, _, _, _ = tiny
+    model = build_model(Config.fromfile(cfg_path))
+    graph = ChannelGraph(model, torch.zeros(1, 3, 64, 64), trace_forward)
+    scores = compute_channel_scores(
+        graph, criterion='random', generator=torch.Generator().manual_seed(0))
+    spec = slim_channels(graph, select_channels(scores, 0.5))
+    checkpoint = str(tmp_path / 'slim.pth')
+    torch.save(
+        dict(meta={SLIM_SPEC_META_KEY: spec}, state_dict=model.state_dict()),
+        checkpoint)
+    out = _get_flops(helpers, cfg_path, checkpoint)
+    dense_part, slim_part = out.split('slim architecture of')
+    kept, total = spec['channels']['kept'], spec['channels']['total']
+    assert f'{kept:,} of {total:,} channels in scope kept' in slim_part
+    dense_params, _, dense_flops, _ = _total(dense_part)
+    slim_params, _, slim_flops, _ = _total(slim_part)
+    assert slim_params == parameter_count(model)['']
+    assert slim_flops == FlopAnalyzer(
+        model.eval(), (torch.zeros(1, 3, 64, 64), )).total()
+    assert slim_params < 0.6 * dense_params
+    assert slim_flops < 0.6 * dense_flops

@@ -6,7 +6,8 @@ one image through ``model(inputs, mode='tensor')``, i.e. the inference
 network (an auxiliary head that only trains shows params but no FLOPs).
 A pruned checkpoint's masks define what is pruned; a checkpoint without
 masks (e.g. ``folded.pth`` from tools/deploy/export.py) counts its
-zero-valued convolution/linear weights as pruned.
+zero-valued convolution/linear weights as pruned. A channel-pruned (slim)
+checkpoint is counted on its slim architecture, after the dense one.
 
 Example:
     python tools/analysis/get_flops.py configs/epsd_deeplab_voc.py \
@@ -20,9 +21,9 @@ from mmengine.config import Config, DictAction
 from epsd_mm.deploy import (format_complexity_table, input_shape_from_cfg,
                             model_complexity, zero_weight_masks)
 from epsd_mm.deploy.checkpoint import (build_masked_model, build_model,
-                                       check_state_dict_fits,
                                        load_checkpoint_dict)
-from epsd_mm.pruning import get_masks, masked_param_names
+from epsd_mm.models import slim_spec_of_checkpoint
+from epsd_mm.pruning import get_masks
 from epsd_mm.utils import register_checkpoint_safe_globals
 
 
@@ -55,29 +56,34 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    shape = tuple(args.shape) if args.shape else input_shape_from_cfg(cfg)
+    inputs = torch.zeros(1, 3, *shape)
+    slim_spec = None
     if args.checkpoint is None:
         model = build_model(cfg)
         source = 'none (no checkpoint: the dense network)'
     else:
-        state_dict = load_checkpoint_dict(args.checkpoint)['state_dict']
-        if masked_param_names(state_dict):
-            model = build_masked_model(cfg, state_dict, args.checkpoint)
-            source = f'the masks of {args.checkpoint}'
-        else:
-            model = build_model(cfg)
-            check_state_dict_fits(model, state_dict, args.checkpoint,
-                                  cfg.filename)
-            model.load_state_dict(state_dict)
-            source = (f'{args.checkpoint} has no masks: zero-valued '
-                      'conv/linear weights count as pruned')
+        checkpoint = load_checkpoint_dict(args.checkpoint)
+        slim_spec = slim_spec_of_checkpoint(checkpoint)
+        model = build_masked_model(cfg, checkpoint['state_dict'],
+                                   args.checkpoint, slim_spec)
+        source = (f'the masks of {args.checkpoint}' if get_masks(model) else
+                  f'{args.checkpoint} has no masks: zero-valued '
+                  'conv/linear weights count as pruned')
+    if slim_spec is not None:
+        dense = build_model(cfg)
+        print(f'{type(dense).__name__}, dense architecture (before channel '
+              f'pruning), input 1x3x{shape[0]}x{shape[1]}')
+        print(format_complexity_table(model_complexity(dense, inputs, {})))
+        kept, total = (slim_spec['channels']['kept'],
+                       slim_spec['channels']['total'])
+        print(f'slim architecture of {args.checkpoint}: {kept:,} of '
+              f'{total:,} channels in scope kept')
     masks = get_masks(model) or zero_weight_masks(model)
-    shape = tuple(args.shape) if args.shape else input_shape_from_cfg(cfg)
-    inputs = torch.zeros(1, 3, *shape)
     rows = model_complexity(model, inputs, masks)
     print(f'{type(model).__name__}, input 1x3x{shape[0]}x{shape[1]}; '
           f'pruned weights: {source}')
     print(format_complexity_table(rows))
-
 
 if __name__ == '__main__':
     main()
