@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .channels import ChannelGraph, ChannelGroup
+from .criteria import reject_unknown_options
 from .criteria.prospr import prospr_meta_gradients
 from .functional import Progress, as_batch_list
 
@@ -280,12 +281,8 @@ def check_channel_criterion_options(criterion: str,
         criterion (str): A key of :data:`CHANNEL_SCORERS`.
         options (Mapping[str, Any]): Keyword options for it.
     """
-    valid = channel_criterion_options(criterion)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f'channel criterion {criterion!r} takes no option(s) {unknown}; '
-            f"its options are: {', '.join(sorted(valid)) or 'none'}")
+    reject_unknown_options(f'channel criterion {criterion!r}', options,
+                           channel_criterion_options(criterion))
 
 
 def channel_criterion_needs_batches(criterion: str) -> bool:

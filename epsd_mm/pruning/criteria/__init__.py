@@ -105,12 +105,25 @@ def check_criterion_options(criterion: str, options: Mapping[str,
         criterion (str): A key of :data:`SCORERS`.
         options (Mapping[str, Any]): Keyword options for it.
     """
-    valid = criterion_options(criterion)
+    reject_unknown_options(f'criterion {criterion!r}', options,
+                           criterion_options(criterion))
+
+
+def reject_unknown_options(what: str, options: Mapping[str, Any],
+                           valid: Mapping[str, Any]) -> None:
+    """Raise for keys of ``options`` not in ``valid``, naming the valid
+    ones.
+
+    Args:
+        what (str): What takes the options, e.g. ``"criterion 'prospr'"``.
+        options (Mapping[str, Any]): The options given.
+        valid (Mapping[str, Any]): The options it takes.
+    """
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(
-            f'criterion {criterion!r} takes no option(s) {unknown}; its '
-            f"options are: {', '.join(sorted(valid)) or 'none'}")
+            f'{what} takes no option(s) {unknown}; its options are: '
+            f"{', '.join(sorted(valid)) or 'none'}")
 
 
 def check_criterion_batches(criterion: str, num_batches: int,
@@ -202,6 +215,7 @@ def compute_scores(model: nn.Module,
 __all__ = [
     'BATCH_CHECKS', 'Progress', 'SCORERS', 'SHARED_ARGS',
     'check_criterion_batches', 'check_criterion_options', 'compute_scores',
+    'reject_unknown_options',
     'criterion_needs_batches', 'criterion_options', 'get_scorer',
     'grasp_scores', 'magnitude_scores', 'prospr_meta_gradients',
     'prospr_scores', 'random_scores', 'snip_scores', 'synflow_scores'
