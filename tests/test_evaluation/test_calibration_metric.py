@@ -223,6 +223,9 @@ def test_in_mmengine_evaluator_with_a_real_mmpretrain_classifier(tmp_path):
     model = MODELS.build(
         dict(
             type='mmpretrain.ImageClassifier',
+            # children (the head's loss) resolve in mmpretrain whatever
+            # default scope an earlier test left
+            _scope_='mmpretrain',
             data_preprocessor=dict(
                 type='mmpretrain.ClsDataPreprocessor',
                 num_classes=10,

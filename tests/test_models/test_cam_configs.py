@@ -37,6 +37,18 @@ EXPECTED = {
         type='PSKD', loss=dict(type='PSKDLoss', alpha_T=0.8)), PLAIN, {}),
     'demo/epsd_cam_cub_demo.py': (CSKD, PAIRS, dict(num_batches=4)),
 }
+CHANNEL = dict(granularity='channel', sparsity=0.5, min_density=0.05)
+EXPECTED.update({
+    'cam_cub/epsd_channel.py': (CSKD, PAIRS, CHANNEL),
+    'cam_cub/l1_channel.py': (CSKD, PAIRS, dict(CHANNEL,
+                                                criterion='magnitude')),
+    'cam_cub/random_channel.py': (CSKD, PAIRS, dict(CHANNEL,
+                                                    criterion='random')),
+    'cam_cub/simple_combination_channel.py': (CSKD, PAIRS,
+                                              dict(CHANNEL, loss='task')),
+    'demo/epsd_channel_cam_cub_demo.py': (CSKD, PAIRS,
+                                          dict(CHANNEL, num_batches=4)),
+})
 
 
 def test_every_cub_config_is_covered():

@@ -170,10 +170,11 @@ def test_prospr_without_steps_is_snip(seg_model, seg_loss_fn, seg_batches,
 
 def test_prospr_steps_change_the_scores(seg_model, seg_loss_fn, seg_batches):
     graph = ChannelGraph(seg_model, seg_batches[0][0][:1])
+    batches = seg_batches[:2]  # one per loss evaluation of num_steps=1
     full = compute_channel_scores(
-        graph, seg_loss_fn, seg_batches, num_steps=1, lr=0.1)
+        graph, seg_loss_fn, batches, num_steps=1, lr=0.1)
     first = compute_channel_scores(
-        graph, seg_loss_fn, seg_batches, num_steps=1, lr=0.1,
+        graph, seg_loss_fn, batches, num_steps=1, lr=0.1,
         first_order=True)
     snip = compute_channel_scores(graph, seg_loss_fn, seg_batches[:1],
                                   'snip')

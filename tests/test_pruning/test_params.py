@@ -1,5 +1,6 @@
 """Tests of epsd_mm.pruning.params."""
 import pytest
+import torch
 import torch.nn as nn
 from mmdet.models.backbones import ResNet
 
@@ -109,3 +110,76 @@ def test_tied_weight_listed_once():
     model.backbone = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     model.backbone[1].weight = model.backbone[0].weight
     assert list(prunable_parameters(model)) == ['backbone.0.weight']
+
+
+# --------------------------------------------------------------------------
+# Transformer backbones: every weight matrix, attention projections included
+# --------------------------------------------------------------------------
+def _transformers():
+    from mmseg.models.backbones import (MixVisionTransformer,
+                                        SwinTransformer, VisionTransformer)
+    return {
+        'mit':
+        lambda: MixVisionTransformer(
+            embed_dims=8,
+            num_layers=[1, 1, 1, 1],
+            num_heads=[1, 2, 2, 4],
+            sr_ratios=[4, 2, 1, 1]),
+        'swin':
+        lambda: SwinTransformer(
+            embed_dims=8,
+            depths=(1, 1),
+            num_heads=(1, 2),
+            window_size=4,
+            strides=(4, 2),
+            out_indices=(0, 1)),
+        'vit':
+        lambda: VisionTransformer(
+            img_size=(32, 32),
+            patch_size=8,
+            embed_dims=16,
+            num_layers=2,
+            num_heads=2,
+            out_indices=(1, )),
+    }
+
+
+@pytest.mark.parametrize('name', ['mit', 'swin', 'vit'])
+def test_reported_sparsity_is_the_true_zero_fraction(name):
+    """The logged sparsity is computed from the tensors themselves and
+    covers every weight matrix of the backbone: MiT's attention keeps its
+    Q/K/V projection as nn.MultiheadAttention.in_proj_weight, a bare
+    parameter its forward hands to the functional attention."""
+    from epsd_mm.pruning import (apply_masks, overall_sparsity,
+                                 random_scores, register_mask_enforcement,
+                                 select_masks, sparsity_stats)
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.backbone = _transformers()[name]()
+    params = prunable_parameters(model)
+    attention = [
+        m for m in model.modules() if isinstance(m, nn.MultiheadAttention)
+    ]
+    for module in attention:  # its bare projection is in the prunable set
+        assert any(p is module.in_proj_weight for p in params.values())
+    # every weight matrix of a linear map in the backbone is prunable
+    matrices = {
+        n: p
+        for n, p in model.named_parameters() if p.dim() >= 2 and (
+            n.endswith('.weight') or n.endswith('proj_weight'))
+        and 'norm' not in n and 'pos_embed' not in n
+    }
+    assert set(matrices) == set(params)
+    apply_masks(model, select_masks(random_scores(params), 0.9))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    register_mask_enforcement(optimizer, model)
+    x = torch.randn(2, 3, 32, 32)
+    for _ in range(2):  # the module's own forward, then optimizer steps
+        optimizer.zero_grad()
+        sum(o.square().mean() for o in model.backbone(x)).backward()
+        optimizer.step()
+    zeros = sum(int((p == 0).sum()) for p in params.values())
+    total = sum(p.numel() for p in params.values())
+    assert overall_sparsity(sparsity_stats(model)) == zeros / total
+    assert zeros / total == pytest.approx(0.9, abs=1e-3)

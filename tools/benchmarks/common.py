@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 
@@ -36,6 +36,24 @@ def build_demo(config: str, batch_size: int, image_size: int):
     data = next(iter(runner.train_dataloader))
     batch = model.data_preprocessor(data, training=True)
     return model, cfg.optim_wrapper, data, batch
+
+
+def plain_segmentor(config: str, size: Optional[int] = None):
+    """The config's segmentor as a plain mmseg model: no SD method (a
+    benchmark measures the network), BN instead of SyncBN (CPU), nothing
+    pretrained loaded; ``size`` sets the data preprocessor's crop size."""
+    from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import DefaultScope
+
+    from epsd_mm.deploy import plain_model_cfg
+    from epsd_mm.registry import MODELS
+    cfg = plain_model_cfg(Config.fromfile(osp.join(ROOT, config)).model)
+    cfg.pretrained = None
+    if size is not None:
+        cfg.data_preprocessor.size = (size, size)
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        return revert_sync_batchnorm(MODELS.build(cfg))
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:

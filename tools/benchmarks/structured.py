@@ -21,7 +21,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from .common import ROOT, SEG_DEMO
+from .common import ROOT, SEG_DEMO, plain_segmentor
 
 SECTION = 'structured'
 
@@ -51,22 +51,6 @@ def add_arguments(parser) -> None:
         nargs='+',
         choices=['demo', 'r50'],
         default=['demo', 'r50'])
-
-
-def plain_segmentor(config: str):
-    """The config's segmentor as a plain mmseg model: no SD method (the
-    benchmark measures the network), BN instead of SyncBN (CPU), nothing
-    pretrained loaded."""
-    from mmengine.config import Config
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import DefaultScope
-
-    from epsd_mm.deploy import plain_model_cfg
-    from epsd_mm.registry import MODELS
-    cfg = plain_model_cfg(Config.fromfile(osp.join(ROOT, config)).model)
-    cfg.pretrained = None
-    with DefaultScope.overwrite_default_scope('epsd_mm'):
-        return revert_sync_batchnorm(MODELS.build(cfg))
 
 
 def seg_forward(model, inputs):
