@@ -27,6 +27,9 @@ class SelfDistillClassifierMixin(SelfDistillMixin):
 
     def loss(self, inputs: Tensor,
              data_samples: List[DataSample]) -> Dict[str, Tensor]:
+        if self.sd is not None and self.sd_enabled:
+            # refuse soft or multiple labels before any method sees them
+            self.sd_labels(data_samples)
         return self.self_distill_loss(inputs, data_samples)
 
     def sd_forward(self, inputs: Tensor) -> Tuple[Tensor, Tuple[Tensor]]:
