@@ -15,6 +15,7 @@ import torch
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEG_DEMO = 'configs/demo/epsd_deeplab_voc_demo.py'
 CUB_DEMO = 'configs/demo/epsd_cam_cub_demo.py'
+CLS_DEMO = 'configs/demo/epsd_resnet_cifar_demo.py'
 WORK_ROOT = '/tmp/epsd_benchmark'
 
 
