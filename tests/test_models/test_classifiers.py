@@ -15,9 +15,10 @@ from mmengine.hooks import Hook
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 from mmpretrain.models.classifiers import ImageClassifier
+from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 from epsd_mm.datasets.demo_cifar import write_cifar_demo
-from epsd_mm.deploy import plain_model_cfg
+from epsd_mm.deploy import deploy_config, plain_model_cfg
 from epsd_mm.losses import DLBLoss
 from epsd_mm.models import (CSKD, DLB, PSKD, SelfDistillClassifierMixin,
                             trace_forward)
@@ -188,6 +189,23 @@ def test_plain_model_cfg_round_trip(cfg):
     bare.pop('classifier_type')
     assert plain_model_cfg(bare).type == 'mmpretrain.ImageClassifier'
     assert plain_model_cfg(plain) == plain  # already plain: unchanged
+
+
+def test_deploy_config_builds_mmpretrains_classifier():
+    """The deployment config of the demo: mmpretrain's ImageClassifier in
+    mmpretrain's scope, no SD or pruning hooks (the demo data and the
+    calibration metric stay epsd_mm's)."""
+    cfg, changes = deploy_config(Config.fromfile(DEMO))
+    assert cfg.model.type == 'mmpretrain.ImageClassifier'
+    assert 'sd' not in cfg.model and 'classifier_type' not in cfg.model
+    assert cfg.default_scope == 'mmpretrain'
+    assert not {'pruning', 'self_distill', 'finite_loss'} & set(
+        cfg.default_hooks)
+    assert any('SelfDistillClassifier -> mmpretrain.ImageClassifier' in c
+               for c in changes)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MMPRETRAIN_MODELS.build(cfg.model)
+    assert type(model) is ImageClassifier
 
 
 @pytest.mark.parametrize('sd, method_cls', [
