@@ -1,6 +1,6 @@
 # EPSD + DLB classification on the CIFAR-10-layout demo data, CPU size.
-# Write the data first: python tools/make_demo_data.py cifar --out data/cifar_demo
-# (10 shape classes, 5000 train / 1000 test images of 32 px)
+# Write the data first (10 shape classes, 5000 train / 1000 test images of
+# 32 px): python tools/make_demo_data.py cifar --out data/cifar_demo
 # Same method as configs/cls/epsd_resnet18_cifar10.py (mmpretrain's CIFAR
 # ResNet-18 trained with DLB, pruned before training by ProsPr on CE + DLB);
 # only the sizes, the data and the schedule change: base width 8 instead of

@@ -104,10 +104,17 @@ def self_distill_classifier_class(base: type) -> type:
 
 
 def _check_no_batch_augments(kwargs: dict) -> None:
-    """Mixup/CutMix mix two images and their labels; every SD method
-    distils per-image predictions against one hard label."""
+    """Refuse batch augmentations: Mixup/CutMix mix two images and their
+    labels, while every SD method distils per-image predictions against one
+    hard label.
+
+    Args:
+        kwargs (dict): Arguments of the classifier class (``train_cfg``,
+            ``data_preprocessor``).
+    """
+    preprocessor = kwargs.get('data_preprocessor') or {}
     augments = ((kwargs.get('train_cfg') or {}).get('augments')
-                or (kwargs.get('data_preprocessor') or {}).get('batch_augments'))
+                or preprocessor.get('batch_augments'))
     if augments:
         raise ValueError(
             'SelfDistillClassifier with an SD method cannot train with batch '
