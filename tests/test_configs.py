@@ -2,6 +2,7 @@
 pruning / SD hooks are valid."""
 import glob
 import os.path as osp
+from functools import lru_cache
 
 import pytest
 import torch
@@ -28,6 +29,12 @@ def _load(rel_path):
     return Config.fromfile(osp.join(REPO_ROOT, rel_path))
 
 
+@lru_cache(maxsize=None)
+def _load_shared(rel_path):
+    """A config several tests compare with (loaded once; do not modify)."""
+    return _load(rel_path)
+
+
 def test_configs_found():
     assert 'configs/epsd_deeplab_voc.py' in CONFIGS
     assert 'configs/demo/epsd_deeplab_voc_demo.py' in CONFIGS
@@ -46,14 +53,14 @@ def test_config_builds(rel_path):
             for name, hook_cfg in cfg.default_hooks.items()
             if name in ('pruning', 'self_distill')
         }
-        # the data parts resolve in the config's scope as well
+        # the data parts resolve in their scope (an inherited mmpretrain::
+        # dataset carries its `_scope_`, which the Runner's build honours)
         loader = cfg.train_dataloader
-        assert DATASETS.get(loader.dataset.type) is not None, \
-            loader.dataset.type
-        sampler_type = loader.sampler.type
-        with DefaultScope.overwrite_default_scope(
-                loader.sampler.get('_scope_', cfg.default_scope)):
-            assert DATA_SAMPLERS.get(sampler_type) is not None, sampler_type
+        for registry, part in ((DATASETS, loader.dataset),
+                               (DATA_SAMPLERS, loader.sampler)):
+            with registry.switch_scope_and_registry(
+                    part.get('_scope_', cfg.default_scope)) as scoped:
+                assert scoped.get(part.type) is not None, part.type
     sd = getattr(model, 'sd', None)
     pruning = hooks.get('pruning')
     if isinstance(pruning, GradualPruningHook):
@@ -207,3 +214,81 @@ def test_channel_demo_models_trace_into_groups(rel_path):
                          hook.scopes)
     cut = {m for group in graph.groups.values() for m in group.modules}
     assert cut and all(m.startswith('backbone.') for m in cut)
+
+
+CLS_FAMILIES = {
+    # family: (sparsity, backbone type, dataset type, num_classes)
+    'resnet18_cifar10': (0.59, 'ResNet_CIFAR', 'CIFAR10', 10),
+    'vgg19_cifar100': (0.59, 'VGG', 'CIFAR100', 100),
+    'mobilenetv2_tinyimagenet': (0.79, 'MobileNetV2',
+                                 'mmpretrain.CustomDataset', 200),
+    'resnet50_imagenet': (0.9, 'ResNet', 'ImageNet', 1000),
+}
+CLS_VARIANTS = {
+    # variant: (criterion, scoring loss, SD method) -- None: no pruning
+    'dense': (None, None, None),
+    'dense_sd': (None, None, 'DLB'),
+    'epsd_dlb': ('prospr', 'sd', 'DLB'),
+    'epsd_pskd': ('prospr', 'sd', 'PSKD'),
+    'epsd_cskd': ('prospr', 'sd', 'CSKD'),
+    'simple_combination': ('prospr', 'task', 'DLB'),
+    'snip_sd': ('snip', 'task', 'DLB'),
+    'random_sd': ('random', 'sd', 'DLB'),
+}
+
+
+def test_cls_configs_found():
+    """Every classification family has its EPSD config and all baselines."""
+    for family in CLS_FAMILIES:
+        assert f'configs/cls/epsd_{family}.py' in CONFIGS
+        for variant in CLS_VARIANTS:
+            assert f'configs/cls/{family}/{variant}.py' in CONFIGS
+
+
+@pytest.mark.parametrize('family', sorted(CLS_FAMILIES))
+@pytest.mark.parametrize('variant', sorted(CLS_VARIANTS))
+def test_cls_variants_are_what_they_say(family, variant):
+    """The variants of a family share its model, data and schedule and
+    differ only in what their name says; accuracy and calibration are
+    evaluated together."""
+    sparsity, backbone, dataset, num_classes = CLS_FAMILIES[family]
+    criterion, loss, sd_type = CLS_VARIANTS[variant]
+    cfg = _load(f'configs/cls/{family}/{variant}.py')
+    main = _load_shared(f'configs/cls/epsd_{family}.py')
+    assert cfg.model.type == 'epsd_mm.SelfDistillClassifier'
+    assert cfg.model.classifier_type == 'mmpretrain.ImageClassifier'
+    assert cfg.model.backbone.type == backbone
+    assert cfg.model.head.num_classes == num_classes
+    assert cfg.train_dataloader.dataset.type == dataset
+    assert cfg.train_cfg == main.train_cfg
+    assert cfg.optim_wrapper == main.optim_wrapper
+    assert cfg.param_scheduler == main.param_scheduler
+    assert {k: v for k, v in cfg.model.items() if k != 'sd'} == \
+        {k: v for k, v in main.model.items() if k != 'sd'}
+    for evaluator in (cfg.val_evaluator, cfg.test_evaluator):
+        types = [metric.type for metric in evaluator]
+        assert types == ['mmpretrain.Accuracy', 'epsd_mm.CalibrationMetric']
+    sd = cfg.model.get('sd')
+    assert (sd or {}).get('type') == sd_type
+    if sd_type == 'DLB':
+        assert sd.loss.temperature == 3.0 and sd.loss.loss_weight == 1.0
+    if sd_type == 'PSKD':
+        assert sd.loss.alpha_T == 0.8
+    if sd_type == 'CSKD':
+        assert sd.loss.temperature == 4.0 and sd.loss.loss_weight == 1.0
+        assert cfg.train_dataloader.batch_size % 2 == 0
+        assert cfg.train_dataloader.sampler.type == 'epsd_mm.ClassPairSampler'
+    else:
+        assert cfg.train_dataloader == main.train_dataloader
+    pruning = cfg.default_hooks.get('pruning')
+    if criterion is None:
+        assert pruning is None
+        return
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        hook = HOOKS.build(pruning)
+    assert hook.sparsity == sparsity
+    assert hook.criterion == criterion and hook.loss == loss
+    assert hook.scopes == ('backbone', ) and hook.rounds == 1
+    assert hook.granularity == 'weight' and hook.criterion_cfg == {}
+    if variant == 'epsd_dlb':
+        assert cfg.default_hooks == main.default_hooks

@@ -7,6 +7,7 @@ default scope becomes the model's package (``mmseg``), so mmseg alone can
 build and run it.
 """
 import copy
+import inspect
 from functools import lru_cache
 from typing import Any, FrozenSet, Iterator, List, Optional, Tuple
 
@@ -21,8 +22,11 @@ def plain_model_cfg(model_cfg: dict) -> ConfigDict:
 
     All knowledge of how a self-distilling model is configured lives here:
 
-    * ``type='epsd_mm.SelfDistillSegmentor'`` becomes its
-      ``segmentor_type`` (default ``'mmseg.EncoderDecoder'``);
+    * a self-distilling *builder* of epsd_mm (``SelfDistillSegmentor``,
+      ``SelfDistillClassifier``: a registered function with one
+      ``<kind>_type`` argument naming the class it wraps) becomes that
+      class: ``type`` takes the config's ``<kind>_type``, or the builder's
+      default (``'mmseg.EncoderDecoder'``, ``'mmpretrain.ImageClassifier'``);
     * the SD method (``sd``) is dropped;
     * other models (e.g. ``epsd_mm.CAMLocalizer``, plain mmseg segmentors)
       keep their type.
@@ -34,11 +38,34 @@ def plain_model_cfg(model_cfg: dict) -> ConfigDict:
         ConfigDict: A copy without self-distillation.
     """
     cfg = ConfigDict(copy.deepcopy(dict(model_cfg)))
-    segmentor_type = cfg.pop('segmentor_type', 'mmseg.EncoderDecoder')
-    if _type_name(cfg.get('type')) == 'SelfDistillSegmentor':
-        cfg['type'] = segmentor_type
+    wrapped = _wrapped_type_arg(cfg.get('type'))
+    if wrapped is not None:
+        key, default = wrapped
+        cfg['type'] = cfg.pop(key, default)
     cfg.pop('sd', None)
     return cfg
+
+
+def _wrapped_type_arg(obj_type: Any) -> Optional[Tuple[str, Any]]:
+    """``(name, default)`` of the ``*_type`` argument of a self-distilling
+    builder of epsd_mm; None for any other model type."""
+    if isinstance(obj_type, str):
+        prefix, name = Registry.split_scope_key(obj_type)
+        if prefix not in (None, SCOPE):
+            return None
+        from epsd_mm.registry import MODELS
+        MODELS.import_from_location()
+        obj_type = MODELS.module_dict.get(name)
+    if not inspect.isfunction(obj_type):  # classes are the model itself
+        return None
+    args = [
+        param for name, param in
+        inspect.signature(obj_type).parameters.items()
+        if name.endswith('_type')
+    ]
+    if len(args) != 1:
+        return None
+    return args[0].name, args[0].default
 
 
 def _type_name(obj_type: Any) -> Optional[str]:

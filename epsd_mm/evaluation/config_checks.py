@@ -1,16 +1,20 @@
 """Config checks of the evaluation side, run by the tools before a run."""
 import inspect
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 
-def _metric_cfgs(evaluator) -> List[dict]:
+def _metric_cfgs(evaluator, path: str = '') -> List[Tuple[str, dict]]:
     """Metric configs of an evaluator config (a dict, a list of them, or
-    ``dict(metrics=[...])``)."""
+    ``dict(metrics=[...])``), each with its ``--cfg-options`` key path below
+    the evaluator (e.g. ``'.1'`` for the second metric of a list)."""
     if isinstance(evaluator, dict):
-        return _metric_cfgs(evaluator['metrics']) if 'metrics' in evaluator \
-            else [evaluator]
+        return _metric_cfgs(evaluator['metrics'], f'{path}.metrics') \
+            if 'metrics' in evaluator else [(path, evaluator)]
     if isinstance(evaluator, (list, tuple)):
-        return [m for e in evaluator for m in _metric_cfgs(e)]
+        return [
+            m for i, e in enumerate(evaluator)
+            for m in _metric_cfgs(e, f'{path}.{i}')
+        ]
     return []
 
 
@@ -34,8 +38,8 @@ def check_cam_threshold(
         evaluators (Sequence[str]): The evaluator keys the run uses.
             Defaults to ``('val_evaluator', 'test_evaluator')``.
     """
-    metrics = [(key, metric) for key in evaluators
-               for metric in _metric_cfgs(cfg.get(key))
+    metrics = [(key, path, metric) for key in evaluators
+               for path, metric in _metric_cfgs(cfg.get(key))
                if _is_wsol_metric(metric.get('type'))]
     if not metrics:
         return
@@ -45,7 +49,7 @@ def check_cam_threshold(
     model_thr = test_cfg.get('cam_threshold',
                              CAMLocalizer.DEFAULT_TEST_CFG['cam_threshold'])
     default = inspect.signature(WSOLMetric).parameters['cam_threshold'].default
-    for key, metric in metrics:
+    for key, path, metric in metrics:
         metric_thr = metric.get('cam_threshold', default)
         if metric_thr != model_thr:
             raise ValueError(
@@ -53,4 +57,4 @@ def check_cam_threshold(
                 f'model.test_cfg.cam_threshold is {model_thr}. They must '
                 "agree: the metric names and checks the model's boxes by "
                 f'it. Set them to one value, e.g. --cfg-options '
-                f'{key}.cam_threshold={model_thr}')
+                f'{key}{path}.cam_threshold={model_thr}')

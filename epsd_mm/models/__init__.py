@@ -31,3 +31,11 @@ if import_task_module('epsd_mm.models.segmentors', requires='mmseg'):
 if import_task_module('epsd_mm.models.cam_localizer', requires='mmdet'):
     from .cam_localizer import CAMLocalizer
     __all__ += ['CAMLocalizer']
+if import_task_module('epsd_mm.models.classifiers', requires='mmpretrain'):
+    from .classifiers import (SelfDistillClassifierMixin,
+                              build_self_distill_classifier,
+                              self_distill_classifier_class)
+    __all__ += [
+        'SelfDistillClassifierMixin', 'build_self_distill_classifier',
+        'self_distill_classifier_class'
+    ]

@@ -29,8 +29,9 @@ def test_changed_model_threshold_is_caught_before_the_run(cub_cfg, key):
         check_cam_threshold(cfg, (key, ))
     assert f'{key}: WSOLMetric has cam_threshold=0.2 but ' \
         'model.test_cfg.cam_threshold is 0.3' in str(err.value)
-    assert f'--cfg-options {key}.cam_threshold=0.3' in str(err.value)
-    cfg.merge_from_dict({f'{key}.cam_threshold': 0.3})
+    # the WSOL metric is the first of the CUB evaluators (calibration next)
+    assert f'--cfg-options {key}.0.cam_threshold=0.3' in str(err.value)
+    cfg.merge_from_dict({f'{key}.0.cam_threshold': 0.3})
     check_cam_threshold(cfg, (key, ))
 
 

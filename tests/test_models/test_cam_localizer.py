@@ -211,6 +211,9 @@ def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
     for key in ('top1_cls', 'top1_loc@0.20', 'gt_known_loc@0.20',
                 'top1_loc@best', 'gt_known_loc@best', 'maxboxacc_v2'):
         assert 0 <= metrics[f'wsol/{key}'] <= 100
+    # the class predictions' calibration, from the same evaluator
+    for key in ('ece', 'aurc', 'eaurc'):
+        assert 0 <= metrics[f'calibration/{key}'] <= 100
     weights = [
         m.weight for m in runner.model.backbone.modules()
         if isinstance(m, torch.nn.Conv2d)
@@ -247,5 +250,6 @@ def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path):
     assert lines, result.stdout[-3000:]
     for key in ('wsol/top1_cls', 'wsol/gt_known_loc@0.20',
                 'wsol/top1_loc@best', 'wsol/best_cam_threshold',
-                'wsol/maxboxacc_v2', 'sparsity: 0.9'):
+                'wsol/maxboxacc_v2', 'calibration/ece', 'calibration/aurc',
+                'sparsity: 0.9'):
         assert key in lines[-1]

@@ -78,6 +78,35 @@ def test_plan_covers_the_family(tmp_path):
     assert len(set(work_dirs)) == len(work_dirs)
 
 
+def test_cls_task_plans_the_classification_demo(tmp_path):
+    """The classification demo: accuracy first, then calibration (lower is
+    better); every method's edit builds a hook, a short schedule by epochs
+    reaches every run."""
+    task = sweep.TASKS['cls']
+    assert task.config == 'configs/demo/epsd_resnet_cifar_demo.py'
+    assert task.metrics == (('accuracy/top1', True),
+                            ('calibration/ece', False), ('calibration/aurc',
+                                                         False))
+    args = sweep_args(
+        tmp_path,
+        sweep_tasks=['cls'],
+        seeds=[0],
+        sweep_cfg_options={
+            'train_cfg.max_epochs': 1,
+            'train_cfg.val_interval': 1
+        })
+    runs = by_method(sweep._plan(task, args))
+    assert list(runs) == [m.name for m in sweep.METHODS]
+    for group in runs.values():
+        for run in group:
+            assert run.cfg.train_cfg.max_epochs == 1
+            assert run.cfg.model.type == 'epsd_mm.SelfDistillClassifier'
+            assert '/epsd_resnet_cifar_demo/' in run.work_dir
+    assert 'pruning' not in runs['dense + SD'][0].cfg.default_hooks
+    assert [r.cfg.default_hooks.pruning.sparsity
+            for r in runs['EPSD (prospr, SD loss) + SD']] == [0.9, 0.95, 0.99]
+
+
 def test_options_apply_to_every_run_and_bad_ones_fail_before_training(
         tmp_path):
     args = sweep_args(

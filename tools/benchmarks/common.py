@@ -16,6 +16,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEG_DEMO = 'configs/demo/epsd_deeplab_voc_demo.py'
 CUB_DEMO = 'configs/demo/epsd_cam_cub_demo.py'
 SEGFORMER_DEMO = 'configs/demo/epsd_segformer_voc_demo.py'
+CLS_DEMO = 'configs/demo/epsd_resnet_cifar_demo.py'
 WORK_ROOT = '/tmp/epsd_benchmark'
 
 

@@ -10,12 +10,19 @@ metric and task; ``sweep_<task>.png`` next to the report plots each metric
 against sparsity per method, with the seeds' standard deviation as error
 bars.
 
-Example (the full sweep, and a short smoke run)::
+Tasks: ``cls`` (``configs/demo/epsd_resnet_cifar_demo.py``: accuracy, ECE,
+AURC; write its data with ``tools/make_demo_data.py cifar``) and ``seg``
+(``configs/demo/epsd_deeplab_voc_demo.py``: mIoU, aAcc).
+
+Example (the full sweep, and short smoke runs of each task)::
 
     python tools/benchmark.py --sections sweep --seeds 0 1 2 3 4
-    python tools/benchmark.py --sections sweep --seeds 0 \\
+    python tools/benchmark.py --sections sweep --seeds 0 --sweep-tasks seg \\
         --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
         --sweep-cfg-options train_cfg.max_iters=20 train_cfg.val_interval=20
+    python tools/benchmark.py --sections sweep --seeds 0 --sweep-tasks cls \\
+        --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
+        --sweep-cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1
 """
 import copy
 import json
@@ -31,7 +38,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 
-from .common import ROOT, SEG_DEMO, WORK_ROOT
+from .common import CLS_DEMO, ROOT, SEG_DEMO, WORK_ROOT
 
 SECTION = 'sweep'
 
@@ -99,6 +106,12 @@ METHODS = (
 )
 
 TASKS = {
+    # the paper's own experiment family, at demo size; calibration as in its
+    # Section E (lower is better)
+    'cls':
+    SweepTask('Demo classification (ResNet-18 width 8, CIFAR layout)',
+              CLS_DEMO, (('accuracy/top1', True), ('calibration/ece', False),
+                         ('calibration/aurc', False))),
     'seg':
     SweepTask('Demo segmentation (DeepLabV3, VOC layout)', SEG_DEMO,
               (('mIoU', True), ('aAcc', True))),

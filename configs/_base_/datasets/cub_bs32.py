@@ -63,7 +63,13 @@ test_dataloader = val_dataloader
 
 # WSOL benchmark protocol (Choe et al., CVPR 2020): CAM thresholds in 0.01
 # steps, MaxBoxAccV2 at IoU 0.3/0.5/0.7. cam_threshold is the model's
-# test_cfg.cam_threshold (the metric checks that its boxes match).
-val_evaluator = dict(
-    type='epsd_mm.WSOLMetric', cam_threshold=0.2, cam_curve_interval=0.01)
+# test_cfg.cam_threshold (the metric checks that its boxes match; change it
+# with val_evaluator.0.cam_threshold). Next to it, the calibration of the
+# model's class predictions (ECE, AURC, E-AURC of the top-1 softmax score).
+val_evaluator = [
+    dict(
+        type='epsd_mm.WSOLMetric', cam_threshold=0.2,
+        cam_curve_interval=0.01),
+    dict(type='epsd_mm.CalibrationMetric')
+]
 test_evaluator = val_evaluator
