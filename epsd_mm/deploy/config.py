@@ -23,8 +23,9 @@ def plain_model_cfg(model_cfg: dict) -> ConfigDict:
     All knowledge of how a self-distilling model is configured lives here:
 
     * a self-distilling *builder* of epsd_mm (``SelfDistillSegmentor``,
-      ``SelfDistillClassifier``: a registered function with one
-      ``<kind>_type`` argument naming the class it wraps) becomes that
+      ``SelfDistillClassifier``: a registered function with an ``sd``
+      argument and one ``<kind>_type`` argument naming the class it wraps;
+      not ``SlimModel``, which stays as it is) becomes that
       class: ``type`` takes the config's ``<kind>_type``, or the builder's
       default (``'mmseg.EncoderDecoder'``, ``'mmpretrain.ImageClassifier'``);
     * the SD method (``sd``) is dropped;
@@ -58,12 +59,9 @@ def _wrapped_type_arg(obj_type: Any) -> Optional[Tuple[str, Any]]:
         obj_type = MODELS.module_dict.get(name)
     if not inspect.isfunction(obj_type):  # classes are the model itself
         return None
-    args = [
-        param for name, param in
-        inspect.signature(obj_type).parameters.items()
-        if name.endswith('_type')
-    ]
-    if len(args) != 1:
+    params = inspect.signature(obj_type).parameters
+    args = [param for name, param in params.items() if name.endswith('_type')]
+    if len(args) != 1 or 'sd' not in params:
         return None
     return args[0].name, args[0].default
 

@@ -34,6 +34,13 @@ def test_plain_model_cfg_keeps_other_models():
         type='epsd_mm.CAMLocalizer', backbone=BACKBONE)
     plain = dict(type='EncoderDecoder', _scope_='mmseg', backbone=BACKBONE)
     assert plain_model_cfg(plain) == plain
+    # a slim model is no self-distilling wrapper: its model_type stays
+    slim = dict(
+        type='epsd_mm.SlimModel',
+        model_type='mmseg.EncoderDecoder',
+        slim_spec=dict(layers={}),
+        backbone=BACKBONE)
+    assert plain_model_cfg(slim) == slim
 
 
 def test_deploy_config_of_the_voc_demo_needs_only_mmseg():
