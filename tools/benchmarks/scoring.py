@@ -13,15 +13,20 @@ def _scoring_worker(kwargs: dict, args: dict, queue: mp.Queue) -> None:
     torch.set_num_threads(args['threads'])
     from epsd_mm.models import model_loss
     from epsd_mm.pruning import compute_scores, prunable_parameters
-    model, _, _, batch = build_demo(SEG_DEMO, args['batch'], args['size'])
-    params = prunable_parameters(model, ('backbone', ))
-    batches = [batch] * 4
-    base = peak_rss_mb()
-    seconds = timed(
-        lambda: compute_scores(
-            model, model_loss, batches, params=params, **kwargs),
-        args['repeats'])
-    queue.put(dict(seconds=seconds, extra_mb=peak_rss_mb() - base))
+    try:
+        model, _, _, batch = build_demo(SEG_DEMO, args['batch'],
+                                        args['size'])
+        params = prunable_parameters(model, ('backbone', ))
+        # prospr: one batch per loss evaluation; snip: 4 batches
+        batches = [batch] * (kwargs.get('num_steps', 3) + 1)
+        base = peak_rss_mb()
+        seconds = timed(
+            lambda: compute_scores(
+                model, model_loss, batches, params=params, **kwargs),
+            args['repeats'])
+        queue.put(dict(seconds=seconds, extra_mb=peak_rss_mb() - base))
+    except Exception as error:  # the parent waits on the queue: report it
+        queue.put(dict(error=repr(error)))
 
 
 def bench_scoring(args: dict) -> List[str]:
@@ -44,6 +49,8 @@ def bench_scoring(args: dict) -> List[str]:
         proc.start()
         results[name] = queue.get()
         proc.join()
+        if 'error' in results[name]:
+            raise RuntimeError(f'[scoring] {name}: {results[name]["error"]}')
         print(f'[scoring] {name}: {results[name]}', flush=True)
     snip = results['snip']
     lines = [
