@@ -50,11 +50,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=20,
         help='timed batch-1 inference runs per model (median reported)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument(
+        '--jobs',
+        type=int,
+        default=1,
+        help='training runs (quality, structured_quality, sweep) at the '
+        'same time; --threads is split among them')
     parser.add_argument('--out', default=osp.join(ROOT, 'docs/benchmarks.md'))
     for module in SECTIONS.values():
         if hasattr(module, 'add_arguments'):
             module.add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < args.jobs:
+        parser.error(f'--jobs must be in [1, --threads], got {args.jobs} '
+                     f'with --threads {args.threads}.')
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-import pytest
 import torch
 from mmseg.models.backbones import ResNetV1c
 from PIL import Image

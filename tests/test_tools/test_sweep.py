@@ -1,6 +1,5 @@
 """The sparsity-sweep benchmark section: planning, cached runs, report."""
 import inspect
-import json
 import os
 import os.path as osp
 import sys
@@ -128,40 +127,6 @@ def test_options_apply_to_every_run_and_bad_ones_fail_before_training(
     assert not osp.exists(args.sweep_work_dir)
     with pytest.raises(ValueError, match='in \\(0, 1\\)'):
         sweep._check_args(sweep_args(tmp_path, sweep_sparsities=[0.9, 1.0]))
-
-
-def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
-    cfg = tiny_cfg({'default_hooks.pruning.criterion': 'random'}, max_iters=2)
-    work_dir = str(tmp_path / 'run')
-    outcome = sweep.train_cached(cfg, 0, work_dir, threads=1)
-    assert not outcome.cached and not outcome.collapsed
-    assert {'mIoU', 'aAcc', 'sparsity'} <= set(outcome.metrics)
-    assert outcome.metrics['sparsity'] == pytest.approx(0.9, abs=1e-3)
-    log_time = osp.getmtime(osp.join(work_dir, 'train.log'))
-    again = sweep.train_cached(cfg, 0, work_dir, threads=1)
-    assert again.cached and again.metrics == outcome.metrics
-    assert osp.getmtime(osp.join(work_dir, 'train.log')) == log_time
-    with open(osp.join(work_dir, 'result.json')) as f:
-        digest = json.load(f)['config_sha1']
-
-    # ~18 of ~175k backbone weights kept over ~20 layers: some layer is
-    # left with none, so the hook stops the run -- a result, cached too.
-    cfg.default_hooks.pruning.sparsity = 0.9999
-    collapse_dir = str(tmp_path / 'collapse')
-    collapsed = sweep.train_cached(cfg, 0, collapse_dir, threads=1)
-    assert 'prunes every weight of' in collapsed.collapsed
-    assert collapsed.metrics == {}
-    assert sweep.train_cached(cfg, 0, collapse_dir, threads=1).cached
-    # The cache is keyed by the whole config (here: another sparsity).
-    with open(osp.join(collapse_dir, 'result.json')) as f:
-        assert json.load(f)['config_sha1'] != digest
-
-
-def test_failed_training_names_its_log(tiny_cfg, tmp_path):
-    cfg = tiny_cfg({'model.backbone.depth': 7})  # not a ResNet depth
-    with pytest.raises(RuntimeError, match='training failed .*train.log'):
-        sweep.train_cached(cfg, 0, str(tmp_path / 'bad'), threads=1)
-    assert not osp.exists(tmp_path / 'bad' / 'result.json')
 
 
 def synthetic_summary():

@@ -1,5 +1,8 @@
-"""What the benchmark sections share: demo models, timers, training runs."""
+"""What the benchmark sections share: demo models, timers, and training
+runs (cached, so an interrupted section resumes where it stopped)."""
+import copy
 import json
+import multiprocessing
 import os
 import os.path as osp
 import platform
@@ -8,9 +11,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from hashlib import sha1
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEG_DEMO = 'configs/demo/epsd_deeplab_voc_demo.py'
@@ -23,7 +30,6 @@ WORK_ROOT = '/tmp/epsd_benchmark'
 def build_demo(config: str, batch_size: int, image_size: int):
     """Model, optimizer-wrapper config, one raw and one preprocessed batch of
     a demo config (its pruning hook removed)."""
-    from mmengine.config import Config
     from mmengine.runner import Runner
 
     import epsd_mm  # noqa: F401
@@ -44,7 +50,6 @@ def plain_segmentor(config: str, size: Optional[int] = None):
     """The config's segmentor as a plain mmseg model: no SD method (a
     benchmark measures the network), BN instead of SyncBN (CPU), nothing
     pretrained loaded; ``size`` sets the data preprocessor's crop size."""
-    from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import DefaultScope
 
@@ -74,6 +79,32 @@ def shorten_schedule(cfg, max_iters: Optional[int]) -> None:
                 scheduler[key] = int(round(scheduler[key] * scale))
 
 
+def in_fresh_process(fn: Callable, *args, env: Optional[dict] = None):
+    """``fn(*args)`` in a new spawned process: its memory peak and threads
+    are its own. The worker's exception is raised here (as is a worker that
+    died), never left waiting on.
+
+    Args:
+        fn (callable): A module-level function (it is pickled by name).
+        *args: Its arguments, picklable.
+        env (dict, optional): Environment variables set for the worker (and
+            restored here afterwards). Defaults to None.
+    """
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        with ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context('spawn')) as pool:
+            return pool.submit(fn, *args).result()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``fn`` after one warm-up call."""
     fn()
@@ -90,37 +121,170 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_and_eval(config: str, edit: Callable, seed: int,
-                   work_dir: str) -> Dict[str, float]:
-    """Run tools/train.py in a fresh process; return the final val metrics."""
-    from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(ROOT, config))
-    edit(cfg)
+#: The line a run's log holds when the pruning hook refused to cut every
+#: weight of a layer (see ``epsd_mm.pruning.select_masks``): a result of the
+#: criterion at that sparsity, recorded as such rather than as a failure.
+COLLAPSE_MARKER = 'prunes every weight of'
+
+
+@dataclass
+class Outcome:
+    """What one run gave.
+
+    Args:
+        metrics (dict): Metrics of the final validation (empty on collapse).
+        collapsed (str): Why the hook refused to train ('' if it trained).
+        cached (bool): Whether the outcome came from ``result.json``.
+    """
+    metrics: Dict[str, float]
+    collapsed: str = ''
+    cached: bool = False
+
+
+def train_cached(cfg: Config, seed: int, work_dir: str,
+                 threads: int) -> Outcome:
+    """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
+    ``work_dir`` already holds the outcome of the same config.
+
+    Args:
+        cfg (Config): The edited config (not modified).
+        seed (int): ``randomness.seed`` of the run.
+        work_dir (str): The run's work dir; receives ``config.py``, the
+            training output ``train.log`` and ``result.json``.
+        threads (int): Torch threads of the training process.
+
+    Returns:
+        Outcome: The final validation metrics, or the layer collapse that
+        stopped the run before training.
+
+    Raises:
+        RuntimeError: When training fails for another reason; the last lines
+            of its log are in the message.
+    """
+    cfg = copy.deepcopy(cfg)
     cfg.randomness = dict(seed=seed)
+    cfg.work_dir = work_dir
+    text = cfg.pretty_text
+    digest = sha1(text.encode()).hexdigest()
+    result_file = osp.join(work_dir, 'result.json')
+    if osp.exists(result_file):
+        with open(result_file) as f:
+            result = json.load(f)
+        if result.pop('config_sha1', None) == digest:
+            return Outcome(**result, cached=True)
     os.makedirs(work_dir, exist_ok=True)
     cfg_file = osp.join(work_dir, 'config.py')
-    cfg.dump(cfg_file)
-    cmd = [
-        sys.executable,
-        osp.join(ROOT, 'tools/train.py'), cfg_file, '--work-dir', work_dir
-    ]
-    subprocess.run(
-        cmd,
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    with open(cfg_file, 'w') as f:
+        f.write(text)
+    log_file = osp.join(work_dir, 'train.log')
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    with open(log_file, 'w') as log:
+        process = subprocess.run([
+            sys.executable,
+            osp.join(ROOT, 'tools/train.py'), cfg_file, '--work-dir', work_dir
+        ],
+                                 cwd=ROOT,
+                                 env=env,
+                                 stdout=log,
+                                 stderr=subprocess.STDOUT)
+    if process.returncode:
+        with open(log_file) as f:
+            lines = f.readlines()
+        collapse = [line for line in lines if COLLAPSE_MARKER in line]
+        if not collapse:
+            raise RuntimeError(f'training failed ({log_file}):\n' +
+                               ''.join(lines[-20:]))
+        outcome = Outcome({}, collapsed=collapse[-1].split(': ', 1)[-1]
+                          .split('. ')[0].strip())
+    else:
+        outcome = Outcome(
+            final_val_metrics(work_dir, since=osp.getmtime(cfg_file)))
+    with open(result_file, 'w') as f:
+        json.dump(
+            dict(
+                config_sha1=digest,
+                metrics=outcome.metrics,
+                collapsed=outcome.collapsed),
+            f,
+            indent=1)
+    return outcome
+
+
+def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
+    """Metrics of the last validation logged in ``work_dir`` by a run that
+    started after ``since`` (a time stamp), from MMEngine's scalars.json."""
     scalars = sorted(
         osp.join(dp, f) for dp, _, fs in os.walk(work_dir) for f in fs
-        if f == 'scalars.json')
+        if f == 'scalars.json' and osp.getmtime(osp.join(dp, f)) >= since)
     metrics = {}
-    with open(scalars[-1]) as f:
-        for line in f:
-            record = json.loads(line)
-            if 'step' in record and not any(k.startswith('loss')
-                                            for k in record):
-                metrics = record
-    return metrics
+    if scalars:
+        with open(scalars[-1]) as f:
+            for line in f:
+                record = json.loads(line)
+                if not any(k.startswith('loss') or k == 'lr' for k in record):
+                    metrics = record
+    if not metrics:
+        raise RuntimeError(
+            f'{work_dir}: training logged no validation metrics. Make the '
+            'schedule end with a validation, e.g. --sweep-cfg-options '
+            'train_cfg.val_interval=<max_iters or max_epochs>.')
+    return {
+        k: float(v)
+        for k, v in metrics.items() if k not in ('step', 'time', 'data_time')
+    }
+
+
+def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
+              threads: int, tag: str) -> List[Outcome]:
+    """Train runs with :func:`train_cached`, ``jobs`` at a time.
+
+    Args:
+        runs (list): ``(name, cfg, seed, work_dir)`` per run; the name is for
+            the progress lines.
+        jobs (int): Runs trained at the same time.
+        threads (int): Torch threads shared among the parallel runs.
+        tag (str): Prefix of the progress lines.
+
+    Returns:
+        list[Outcome]: One per run, in order.
+
+    Raises:
+        RuntimeError: After every other run finished, when some failed; the
+            finished ones are cached, so the same command resumes.
+    """
+    per_run = max(1, threads // jobs)
+    print(f'[{tag}] {len(runs)} runs, {jobs} at a time, {per_run} threads '
+          'each', flush=True)
+
+    def train(run):
+        name, cfg, seed, work_dir = run
+        try:
+            outcome = train_cached(cfg, seed, work_dir, per_run)
+        except RuntimeError as error:  # the other runs go on
+            print(f'[{tag}] {name} FAILED: {error}', flush=True)
+            return error
+        result = (f'collapsed ({outcome.collapsed})' if outcome.collapsed
+                  else ', '.join(f'{k}={v:.4g}'
+                                 for k, v in outcome.metrics.items()))
+        print(f'[{tag}] {name}{" (cached)" if outcome.cached else ""}: '
+              f'{result}', flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(train, runs))
+    failed = [(run, error) for run, error in zip(runs, outcomes)
+              if isinstance(error, Exception)]
+    if failed:
+        raise RuntimeError(
+            f'{tag}: {len(failed)} of {len(runs)} runs failed (finished '
+            'runs are cached; fix and run the same command again):\n' +
+            '\n'.join(f'  {run[3]}: {str(error).splitlines()[0]}'
+                      for run, error in failed))
+    return outcomes
 
 
 def versions() -> str:

@@ -12,15 +12,13 @@ also holds freed heap blocks, which inflates small models most. Both models
 score on the task loss (their self-distillation term off) so that scoring
 and the training step see the same batches.
 """
-import multiprocessing as mp
-import os
 import os.path as osp
 from typing import Callable, Dict, List
 
 import torch
 
-from .common import (ROOT, SEG_DEMO, WORK_ROOT, peak_rss_mb, plain_segmentor,
-                     timed)
+from .common import (ROOT, SEG_DEMO, WORK_ROOT, in_fresh_process, peak_rss_mb,
+                     plain_segmentor, timed)
 
 SECTION = 'memory'
 
@@ -100,8 +98,7 @@ def _measure(fn: Callable[[], object], repeats: int,
     return dict(seconds=seconds, peak_mb=peak_rss_mb() - base)
 
 
-def _worker(model_key: str, variant: str, args: dict,
-            queue: mp.Queue) -> None:
+def _worker(model_key: str, variant: str, args: dict) -> Dict[str, float]:
     torch.set_num_threads(args['threads'])
     from epsd_mm.models import model_loss
     from epsd_mm.pruning import compute_scores, prunable_parameters
@@ -125,28 +122,14 @@ def _worker(model_key: str, variant: str, args: dict,
             compute_scores(model, model_loss, batches, params=params,
                            **options)
 
-    queue.put(_measure(fn, args['repeats'], device))
+    return _measure(fn, args['repeats'], device)
 
 
 def bench_model(model_key: str, args: dict) -> List[str]:
-    ctx = mp.get_context('spawn')
     results: Dict[str, Dict[str, float]] = {}
     for variant in VARIANTS:
-        queue = ctx.Queue()
-        proc = ctx.Process(
-            target=_worker, args=(model_key, variant, args, queue))
-        saved = {key: os.environ.get(key) for key in WORKER_ENV}
-        os.environ.update(WORKER_ENV)  # inherited by the spawned worker
-        try:
-            proc.start()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    del os.environ[key]
-                else:
-                    os.environ[key] = value
-        results[variant] = queue.get()
-        proc.join()
+        results[variant] = in_fresh_process(
+            _worker, model_key, variant, args, env=WORKER_ENV)
         print(f'[memory] {model_key} {variant}: {results[variant]}',
               flush=True)
     train, snip = results[TRAIN], results[SNIP]

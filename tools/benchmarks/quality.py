@@ -1,10 +1,13 @@
 """Demo quality of the baseline family at 90% sparsity, over seeds."""
+import copy
 import os.path as osp
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .common import (CUB_DEMO, SEG_DEMO, SEGFORMER_DEMO, WORK_ROOT,
-                     shorten_schedule, train_and_eval)
+from mmengine.config import Config
+
+from .common import (CUB_DEMO, ROOT, SEG_DEMO, SEGFORMER_DEMO, WORK_ROOT,
+                     shorten_schedule, train_all)
 
 SECTION = 'quality'
 
@@ -82,28 +85,41 @@ SEGFORMER_FAMILY = {
 
 def bench_quality(config: str,
                   metric_keys: Sequence[str],
-                  seeds: Sequence[int],
                   tag: str,
+                  args,
                   family: Dict[str, Callable] = FAMILY,
                   max_iters: Optional[int] = None) -> List[str]:
+    """Train every method of ``family`` on ``config`` for each of
+    ``args.seeds`` (``args.jobs`` runs at a time, cached under
+    ``WORK_ROOT/<tag>``) and tabulate mean ± std of ``metric_keys``."""
+    base = Config.fromfile(osp.join(ROOT, config))
+    shorten_schedule(base, max_iters)
+    planned = []
+    for method, edit in family.items():
+        cfg = copy.deepcopy(base)
+        edit(cfg)
+        slug = ''.join(c if c.isalnum() else '_' for c in method)
+        planned += [(f'{method} seed {seed}', cfg, seed,
+                     osp.join(WORK_ROOT, tag, slug, str(seed)))
+                    for seed in args.seeds]
+    outcomes = train_all(planned, args.jobs, args.threads, tag)
+    collapsed = [(run[0], o.collapsed) for run, o in zip(planned, outcomes)
+                 if o.collapsed]
+    if collapsed:
+        raise RuntimeError(f'{tag}: runs stopped by a layer collapse, not '
+                           f'comparable at this sparsity: {collapsed}')
     schedule = (f'{max_iters} iterations instead of the config\'s'
                 if max_iters else 'the config\'s schedule')
     lines = [
         f'`{config}` at 90% backbone sparsity (dense rows: 0%), '
-        f'{schedule} for every method, seeds {list(seeds)}; mean ± std over '
-        'seeds.', '',
+        f'{schedule} for every method, seeds {list(args.seeds)}; mean ± std '
+        'over seeds.', '',
         '| method | ' + ' | '.join(metric_keys) + ' | sparsity |',
         '| --- |' + ' ---: |' * (len(metric_keys) + 1)
     ]
-    for method, edit in family.items():
-        runs = []
-        for seed in seeds:
-            slug = ''.join(c if c.isalnum() else '_' for c in method)
-            work_dir = osp.join(WORK_ROOT, tag, slug, str(seed))
-            runs.append(
-                train_and_eval(config, _shortened(edit, max_iters), seed,
-                               work_dir))
-            print(f'[{tag}] {method} seed {seed}: {runs[-1]}', flush=True)
+    results = iter(o.metrics for o in outcomes)
+    for method in family:
+        runs = [next(results) for _ in args.seeds]
         cells = []
         for key in list(metric_keys) + ['sparsity']:
             # No pruning hook, no sparsity entry: the model is dense.
@@ -115,15 +131,6 @@ def bench_quality(config: str,
                          f'{statistics.mean(values):.3f}')
         lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
     return lines
-
-
-def _shortened(edit: Callable, max_iters: Optional[int]) -> Callable:
-
-    def shortened(cfg) -> None:
-        shorten_schedule(cfg, max_iters)
-        edit(cfg)
-
-    return shortened
 
 
 TASKS = ('seg', 'cub', 'segformer')
@@ -145,7 +152,7 @@ def run(args) -> list:
     if 'seg' in args.quality_tasks:
         tables.append(
             ('Demo segmentation quality (DeepLabV3, VOC layout)',
-             bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], args.seeds, 'seg',
+             bench_quality(SEG_DEMO, ['mIoU', 'aAcc'], 'seg', args,
                            max_iters=args.quality_max_iters)))
     if 'cub' in args.quality_tasks:
         tables.append(('Demo WSOL quality (CAM, CUB layout)',
@@ -153,11 +160,10 @@ def run(args) -> list:
                            'wsol/top1_cls', 'wsol/top1_loc@0.20',
                            'wsol/top1_loc@best', 'wsol/gt_known_loc@best',
                            'wsol/maxboxacc_v2'
-                       ], args.seeds, 'cub')))
+                       ], 'cub', args)))
     if 'segformer' in args.quality_tasks:
         tables.append(
             ('Demo SegFormer quality: EPSD, self-distilled pruning and both',
-             bench_quality(SEGFORMER_DEMO, ['mIoU', 'aAcc'], args.seeds,
-                           'segformer', SEGFORMER_FAMILY,
-                           args.quality_max_iters)))
+             bench_quality(SEGFORMER_DEMO, ['mIoU', 'aAcc'], 'segformer',
+                           args, SEGFORMER_FAMILY, args.quality_max_iters)))
     return tables

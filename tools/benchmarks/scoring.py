@@ -1,32 +1,28 @@
 """Scoring cost: wall time and peak memory of prospr vs SNIP."""
-import multiprocessing as mp
-from typing import List
+from typing import Dict, List
 
 import torch
 
-from .common import SEG_DEMO, build_demo, peak_rss_mb, timed
+from .common import (SEG_DEMO, build_demo, in_fresh_process, peak_rss_mb,
+                     timed)
 
 SECTION = 'scoring'
 
 
-def _scoring_worker(kwargs: dict, args: dict, queue: mp.Queue) -> None:
+def _scoring_worker(kwargs: dict, args: dict) -> Dict[str, float]:
     torch.set_num_threads(args['threads'])
     from epsd_mm.models import model_loss
     from epsd_mm.pruning import compute_scores, prunable_parameters
-    try:
-        model, _, _, batch = build_demo(SEG_DEMO, args['batch'],
-                                        args['size'])
-        params = prunable_parameters(model, ('backbone', ))
-        # prospr: one batch per loss evaluation; snip: 4 batches
-        batches = [batch] * (kwargs.get('num_steps', 3) + 1)
-        base = peak_rss_mb()
-        seconds = timed(
-            lambda: compute_scores(
-                model, model_loss, batches, params=params, **kwargs),
-            args['repeats'])
-        queue.put(dict(seconds=seconds, extra_mb=peak_rss_mb() - base))
-    except Exception as error:  # the parent waits on the queue: report it
-        queue.put(dict(error=repr(error)))
+    model, _, _, batch = build_demo(SEG_DEMO, args['batch'], args['size'])
+    params = prunable_parameters(model, ('backbone', ))
+    # prospr: one batch per loss evaluation; snip: 4 batches
+    batches = [batch] * (kwargs.get('num_steps', 3) + 1)
+    base = peak_rss_mb()
+    seconds = timed(
+        lambda: compute_scores(
+            model, model_loss, batches, params=params, **kwargs),
+        args['repeats'])
+    return dict(seconds=seconds, extra_mb=peak_rss_mb() - base)
 
 
 def bench_scoring(args: dict) -> List[str]:
@@ -41,16 +37,9 @@ def bench_scoring(args: dict) -> List[str]:
                                  num_steps=steps,
                                  lr=0.1,
                                  first_order=first_order)))
-    ctx = mp.get_context('spawn')
     results = {}
     for name, kwargs in variants:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_scoring_worker, args=(kwargs, args, queue))
-        proc.start()
-        results[name] = queue.get()
-        proc.join()
-        if 'error' in results[name]:
-            raise RuntimeError(f'[scoring] {name}: {results[name]["error"]}')
+        results[name] = in_fresh_process(_scoring_worker, kwargs, args)
         print(f'[scoring] {name}: {results[name]}', flush=True)
     snip = results['snip']
     lines = [

@@ -12,7 +12,6 @@ in onnxruntime (``torch.onnx.export``, its output checked against
 PyTorch's), and one training step (forward, backward, SGD).
 """
 import copy
-import multiprocessing as mp
 import os.path as osp
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from .common import ROOT, SEG_DEMO, plain_segmentor
+from .common import SEG_DEMO, in_fresh_process, plain_segmentor
 
 SECTION = 'structured'
 
@@ -157,7 +156,7 @@ def train_step_fn(model, size: int, batch: int):
     return step
 
 
-def _model_worker(config: str, args: dict, queue: mp.Queue) -> None:
+def _model_worker(config: str, args: dict) -> Dict[str, dict]:
     torch.set_num_threads(args['threads'])
     import logging
 
@@ -202,16 +201,6 @@ def _model_worker(config: str, args: dict, queue: mp.Queue) -> None:
     }
     for name, seconds in round_robin(steps, args['repeats']).items():
         results[name]['step'] = seconds
-    queue.put(results)
-
-
-def _measure(config: str, args: dict) -> Dict[str, dict]:
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_model_worker, args=(config, args, queue))
-    proc.start()
-    results = queue.get()
-    proc.join()
     return results
 
 
@@ -223,7 +212,7 @@ def bench_structured(args: dict) -> List[tuple]:
     }
     measured = {}
     for name, config in chosen.items():
-        measured[name] = _measure(config, args)
+        measured[name] = in_fresh_process(_model_worker, config, args)
         print(f'[structured] {name}: {measured[name]}', flush=True)
 
     size = args['latency_size']

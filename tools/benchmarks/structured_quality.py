@@ -8,13 +8,15 @@ dense + DLB for reference. Each run is ``tools/train.py`` in a fresh
 process; the slim architecture of its final checkpoint is rebuilt from the
 spec it records and measured with ``mmengine.analysis``.
 """
+import copy
 import os.path as osp
 import statistics
 from typing import Callable, Dict, List, Sequence
 
 import torch
+from mmengine.config import Config
 
-from .common import WORK_ROOT, shorten_schedule, train_and_eval
+from .common import ROOT, WORK_ROOT, shorten_schedule, train_all
 
 SECTION = 'structured_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -53,17 +55,6 @@ FAMILY: Dict[str, Callable] = {
 }
 
 
-def _edit(method_edit: Callable, sparsity: float, max_iters) -> Callable:
-
-    def edit(cfg) -> None:
-        if 'pruning' in cfg.default_hooks:
-            cfg.default_hooks.pruning.sparsity = sparsity
-        shorten_schedule(cfg, max_iters)
-        method_edit(cfg)
-
-    return edit
-
-
 def slim_complexity(work_dir: str, size: int) -> Dict[str, int]:
     """Params and FLOPs of the network a run's last checkpoint holds."""
     from mmengine.config import Config
@@ -91,22 +82,32 @@ def _mean_std(values: Sequence[float]) -> str:
     return f'{statistics.mean(values):.2f} ± {std:.2f}'
 
 
-def bench_structured_quality(seeds: Sequence[int], sparsity: float,
-                             max_iters, size: int) -> List[str]:
+def bench_structured_quality(args) -> List[str]:
+    """Train every method of :data:`FAMILY` for each of ``args.seeds``
+    (``args.jobs`` runs at a time, cached) and tabulate quality, params and
+    FLOPs."""
+    seeds, sparsity = args.seeds, args.quality_channel_sparsity
+    max_iters, size = args.quality_max_iters, args.complexity_size
+    base = Config.fromfile(osp.join(ROOT, CONFIG))
+    base.default_hooks.pruning.sparsity = sparsity
+    shorten_schedule(base, max_iters)
+    planned = []
+    for method, edit in FAMILY.items():
+        cfg = copy.deepcopy(base)
+        edit(cfg)
+        slug = ''.join(c if c.isalnum() else '_' for c in method)
+        planned += [(f'{method} seed {seed}', cfg, seed,
+                     osp.join(WORK_ROOT, 'structured_quality', slug,
+                              str(seed))) for seed in seeds]
+    outcomes = iter(
+        train_all(planned, args.jobs, args.threads, 'structured_quality'))
+    work_dirs = iter(run[3] for run in planned)
     rows = {}
-    for method, method_edit in FAMILY.items():
-        runs, complexity = [], []
-        for seed in seeds:
-            slug = ''.join(c if c.isalnum() else '_' for c in method)
-            work_dir = osp.join(WORK_ROOT, 'structured_quality', slug,
-                                str(seed))
-            runs.append(
-                train_and_eval(CONFIG, _edit(method_edit, sparsity,
-                                             max_iters), seed, work_dir))
-            complexity.append(slim_complexity(work_dir, size))
-            print(f'[structured_quality] {method} seed {seed}: {runs[-1]} '
-                  f'{complexity[-1]}', flush=True)
-        rows[method] = (runs, complexity)
+    for method in FAMILY:
+        runs = [next(outcomes).metrics for _ in seeds]
+        rows[method] = (runs, [
+            slim_complexity(next(work_dirs), size) for _ in seeds
+        ])
     dense_flops = statistics.mean(c['flops']
                                   for c in rows['dense + DLB'][1])
     schedule = (f'{max_iters} iterations' if max_iters is not None else
@@ -143,7 +144,4 @@ def bench_structured_quality(seeds: Sequence[int], sparsity: float,
 
 def run(args) -> list:
     return [('Structured pruning: demo segmentation quality vs FLOPs',
-             bench_structured_quality(args.seeds,
-                                      args.quality_channel_sparsity,
-                                      args.quality_max_iters,
-                                      args.complexity_size))]
+             bench_structured_quality(args))]

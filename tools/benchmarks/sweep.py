@@ -25,20 +25,16 @@ Example (the full sweep, and short smoke runs of each task)::
         --sweep-cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1
 """
 import copy
-import json
 import os
 import os.path as osp
 import statistics
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from hashlib import sha1
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config, DictAction
 
-from .common import CLS_DEMO, ROOT, SEG_DEMO, WORK_ROOT
+from .common import (CLS_DEMO, ROOT, SEG_DEMO, WORK_ROOT, Outcome,
+                     train_all)
 
 SECTION = 'sweep'
 
@@ -117,25 +113,6 @@ TASKS = {
               (('mIoU', True), ('aAcc', True))),
 }
 
-#: The line a run's log holds when the pruning hook refused to cut every
-#: weight of a layer (see ``epsd_mm.pruning.select_masks``): a result of the
-#: criterion at that sparsity, recorded as such rather than as a failure.
-COLLAPSE_MARKER = 'prunes every weight of'
-
-
-@dataclass
-class Outcome:
-    """What one run gave.
-
-    Args:
-        metrics (dict): Metrics of the final validation (empty on collapse).
-        collapsed (str): Why the hook refused to train ('' if it trained).
-        cached (bool): Whether the outcome came from ``result.json``.
-    """
-    metrics: Dict[str, float]
-    collapsed: str = ''
-    cached: bool = False
-
 
 def add_arguments(parser) -> None:
     group = parser.add_argument_group('sweep section')
@@ -158,11 +135,6 @@ def add_arguments(parser) -> None:
         default=osp.join(WORK_ROOT, 'sweep'),
         help='runs and their cached results live here; a run with a '
         'result.json for the same config is not trained again')
-    group.add_argument(
-        '--jobs',
-        type=int,
-        default=1,
-        help='runs trained at the same time; --threads is split among them')
 
 
 def run(args) -> List[Tuple[str, List[str]]]:
@@ -192,8 +164,6 @@ def _check_args(args) -> None:
     if len(set(args.sweep_sparsities)) != len(args.sweep_sparsities):
         raise ValueError('--sweep-sparsities has duplicates: '
                          f'{args.sweep_sparsities}.')
-    if args.jobs < 1:
-        raise ValueError(f'--jobs must be >= 1, got {args.jobs}.')
 
 
 # Planning -------------------------------------------------------------------
@@ -265,137 +235,17 @@ def _slug(name: str) -> str:
 
 # Running --------------------------------------------------------------------
 def _execute(runs: List[Run], args) -> List[Optional[Outcome]]:
-    """Train every run that is not skipped, ``args.jobs`` at a time."""
+    """Train every run that is not skipped (None for those)."""
     todo = [r for r in runs if r.cfg is not None]
-    threads = max(1, args.threads // args.jobs)
-    print(f'[sweep] {len(todo)} runs ({len(runs) - len(todo)} skipped), '
-          f'{args.jobs} at a time, {threads} threads each', flush=True)
-
-    def train(run: Run):
-        if run.cfg is None:
-            return None
+    if len(todo) < len(runs):
+        print(f'[sweep] {len(runs) - len(todo)} runs skipped', flush=True)
+    named = []
+    for run in todo:
         point = 'dense' if run.sparsity is None else f'{run.sparsity:g}'
-        name = f'{run.method.name} @ {point} seed {run.seed}'
-        try:
-            outcome = train_cached(run.cfg, run.seed, run.work_dir, threads)
-        except RuntimeError as error:  # the other runs go on
-            print(f'[sweep] {name} FAILED: {error}', flush=True)
-            return error
-        result = (f'collapsed ({outcome.collapsed})' if outcome.collapsed
-                  else ', '.join(f'{k}={v:.4g}'
-                                 for k, v in outcome.metrics.items()))
-        print(f'[sweep] {name}{" (cached)" if outcome.cached else ""}: '
-              f'{result}', flush=True)
-        return outcome
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(train, runs))
-    failed = [(r, e) for r, e in zip(runs, results)
-              if isinstance(e, Exception)]
-    if failed:
-        raise RuntimeError(
-            f'sweep: {len(failed)} of {len(todo)} runs failed (finished '
-            'runs are cached; fix and run the same command again):\n' +
-            '\n'.join(f'  {r.work_dir}: {str(e).splitlines()[0]}'
-                      for r, e in failed))
-    return results
-
-
-def train_cached(cfg: Config, seed: int, work_dir: str,
-                 threads: int) -> Outcome:
-    """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
-    ``work_dir`` already holds the outcome of the same config.
-
-    Args:
-        cfg (Config): The edited config (not modified).
-        seed (int): ``randomness.seed`` of the run.
-        work_dir (str): The run's work dir; receives ``config.py``, the
-            training output ``train.log`` and ``result.json``.
-        threads (int): Torch threads of the training process.
-
-    Returns:
-        Outcome: The final validation metrics, or the layer collapse that
-        stopped the run before training.
-
-    Raises:
-        RuntimeError: When training fails for another reason; the last lines
-            of its log are in the message.
-    """
-    cfg = copy.deepcopy(cfg)
-    cfg.randomness = dict(seed=seed)
-    cfg.work_dir = work_dir
-    text = cfg.pretty_text
-    digest = sha1(text.encode()).hexdigest()
-    result_file = osp.join(work_dir, 'result.json')
-    if osp.exists(result_file):
-        with open(result_file) as f:
-            result = json.load(f)
-        if result.pop('config_sha1', None) == digest:
-            return Outcome(**result, cached=True)
-    os.makedirs(work_dir, exist_ok=True)
-    cfg_file = osp.join(work_dir, 'config.py')
-    with open(cfg_file, 'w') as f:
-        f.write(text)
-    log_file = osp.join(work_dir, 'train.log')
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    with open(log_file, 'w') as log:
-        process = subprocess.run([
-            sys.executable,
-            osp.join(ROOT, 'tools/train.py'), cfg_file, '--work-dir', work_dir
-        ],
-                                 cwd=ROOT,
-                                 env=env,
-                                 stdout=log,
-                                 stderr=subprocess.STDOUT)
-    if process.returncode:
-        with open(log_file) as f:
-            lines = f.readlines()
-        collapse = [line for line in lines if COLLAPSE_MARKER in line]
-        if not collapse:
-            raise RuntimeError(f'training failed ({log_file}):\n' +
-                               ''.join(lines[-20:]))
-        outcome = Outcome({}, collapsed=collapse[-1].split(': ', 1)[-1]
-                          .split('. ')[0].strip())
-    else:
-        outcome = Outcome(
-            final_val_metrics(work_dir, since=osp.getmtime(cfg_file)))
-    with open(result_file, 'w') as f:
-        json.dump(
-            dict(
-                config_sha1=digest,
-                metrics=outcome.metrics,
-                collapsed=outcome.collapsed),
-            f,
-            indent=1)
-    return outcome
-
-
-def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
-    """Metrics of the last validation logged in ``work_dir`` by a run that
-    started after ``since`` (a time stamp), from MMEngine's scalars.json."""
-    scalars = sorted(
-        osp.join(dp, f) for dp, _, fs in os.walk(work_dir) for f in fs
-        if f == 'scalars.json' and osp.getmtime(osp.join(dp, f)) >= since)
-    metrics = {}
-    if scalars:
-        with open(scalars[-1]) as f:
-            for line in f:
-                record = json.loads(line)
-                if not any(k.startswith('loss') or k == 'lr' for k in record):
-                    metrics = record
-    if not metrics:
-        raise RuntimeError(
-            f'{work_dir}: training logged no validation metrics. Make the '
-            'schedule end with a validation, e.g. --sweep-cfg-options '
-            'train_cfg.val_interval=<max_iters or max_epochs>.')
-    return {
-        k: float(v)
-        for k, v in metrics.items() if k not in ('step', 'time', 'data_time')
-    }
+        named.append((f'{run.method.name} @ {point} seed {run.seed}',
+                      run.cfg, run.seed, run.work_dir))
+    outcomes = iter(train_all(named, args.jobs, args.threads, 'sweep'))
+    return [None if run.cfg is None else next(outcomes) for run in runs]
 
 
 # Reporting ------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""What the benchmark sections share: cached training runs, run in
+parallel, and measurements in a fresh process."""
+import json
+import os
+import os.path as osp
+import sys
+
+import pytest
+
+TOOLS = osp.join(osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))), 'tools')
+sys.path.insert(0, TOOLS)
+from benchmarks import common  # noqa: E402
+
+
+def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
+    cfg = tiny_cfg({'default_hooks.pruning.criterion': 'random'}, max_iters=2)
+    work_dir = str(tmp_path / 'run')
+    outcome = common.train_cached(cfg, 0, work_dir, threads=1)
+    assert not outcome.cached and not outcome.collapsed
+    assert {'mIoU', 'aAcc', 'sparsity'} <= set(outcome.metrics)
+    assert outcome.metrics['sparsity'] == pytest.approx(0.9, abs=1e-3)
+    log_time = osp.getmtime(osp.join(work_dir, 'train.log'))
+    again = common.train_cached(cfg, 0, work_dir, threads=1)
+    assert again.cached and again.metrics == outcome.metrics
+    assert osp.getmtime(osp.join(work_dir, 'train.log')) == log_time
+    with open(osp.join(work_dir, 'result.json')) as f:
+        digest = json.load(f)['config_sha1']
+
+    # ~18 of ~175k backbone weights kept over ~20 layers: some layer is
+    # left with none, so the hook stops the run -- a result, cached too.
+    cfg.default_hooks.pruning.sparsity = 0.9999
+    collapse_dir = str(tmp_path / 'collapse')
+    collapsed = common.train_cached(cfg, 0, collapse_dir, threads=1)
+    assert 'prunes every weight of' in collapsed.collapsed
+    assert collapsed.metrics == {}
+    assert common.train_cached(cfg, 0, collapse_dir, threads=1).cached
+    # The cache is keyed by the whole config (here: another sparsity).
+    with open(osp.join(collapse_dir, 'result.json')) as f:
+        assert json.load(f)['config_sha1'] != digest
+
+
+def test_failed_training_names_its_log(tiny_cfg, tmp_path):
+    cfg = tiny_cfg({'model.backbone.depth': 7})  # not a ResNet depth
+    with pytest.raises(RuntimeError, match='training failed .*train.log'):
+        common.train_cached(cfg, 0, str(tmp_path / 'bad'), threads=1)
+    assert not osp.exists(tmp_path / 'bad' / 'result.json')
+
+
+def test_train_all_runs_in_parallel_and_reports_every_failure(
+        tiny_cfg, tmp_path, capsys):
+    good = tiny_cfg({'default_hooks.pruning.criterion': 'random'},
+                    max_iters=2)
+    bad = tiny_cfg({'model.backbone.depth': 7})
+    runs = [('good', good, 0, str(tmp_path / 'good')),
+            ('bad', bad, 0, str(tmp_path / 'bad')),
+            ('good seed 1', good, 1, str(tmp_path / 'good1'))]
+    with pytest.raises(RuntimeError, match='1 of 3 runs failed') as error:
+        common.train_all(runs, jobs=2, threads=2, tag='unit')
+    assert str(tmp_path / 'bad') in str(error.value)
+    # the runs that finished are cached: the same call resumes from them
+    outcomes = common.train_all([runs[0], runs[2]], 1, 1, 'unit')
+    assert all(o.cached for o in outcomes)
+    assert 'runs, 2 at a time, 1 threads each' in capsys.readouterr().out
+
+
+def test_in_fresh_process_returns_raises_and_restores_env(monkeypatch):
+    monkeypatch.delenv('EPSD_BENCH_PROBE', raising=False)
+    assert common.in_fresh_process(
+        os.getenv, 'EPSD_BENCH_PROBE', env={'EPSD_BENCH_PROBE': 'x'}) == 'x'
+    assert 'EPSD_BENCH_PROBE' not in os.environ
+    assert common.in_fresh_process(os.getpid) != os.getpid()
+    # the worker's error reaches the caller instead of a silent hang
+    with pytest.raises(ValueError, match='invalid literal'):
+        common.in_fresh_process(int, 'not a number')
