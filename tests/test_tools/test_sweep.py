@@ -22,6 +22,7 @@ def sweep_args(tmp_path, **kwargs):
         sweep_tasks=['seg'],
         sweep_sparsities=[0.99, 0.9, 0.95],
         sweep_cfg_options={},
+        quality_max_iters=None,
         sweep_work_dir=str(tmp_path / 'runs'),
         seeds=[0, 1],
         jobs=1,
@@ -104,6 +105,22 @@ def test_cls_task_plans_the_classification_demo(tmp_path):
     assert 'pruning' not in runs['dense + SD'][0].cfg.default_hooks
     assert [r.cfg.default_hooks.pruning.sparsity
             for r in runs['EPSD (prospr, SD loss) + SD']] == [0.9, 0.95, 0.99]
+
+
+def test_shorter_schedule_scales_the_schedulers_of_every_run(tmp_path):
+    args = sweep_args(tmp_path, seeds=[0], quality_max_iters=30)
+    runs = sweep._plan(sweep.TASKS['seg'], args)
+    for run in runs:
+        assert run.cfg.train_cfg.max_iters == 30
+        assert run.cfg.train_cfg.val_interval == 30
+        # the demo's PolyLR ends at 300 of 300 iterations: now 30 of 30
+        assert run.cfg.param_scheduler[0].end == 30
+    lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True, {}, runs, args,
+                         '')
+    assert 'stopped after 30 iterations' in lines[0]
+    # the classification demo trains by epochs: told how to shorten it
+    with pytest.raises(ValueError, match='train_cfg.max_epochs'):
+        sweep._plan(sweep.TASKS['cls'], args)
 
 
 def test_options_apply_to_every_run_and_bad_ones_fail_before_training(

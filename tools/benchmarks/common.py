@@ -69,6 +69,11 @@ def shorten_schedule(cfg, max_iters: Optional[int]) -> None:
     at the end. None keeps the config's schedule."""
     if max_iters is None:
         return
+    if 'max_iters' not in cfg.train_cfg:
+        raise ValueError(
+            '--quality-max-iters shortens iteration-based schedules; this '
+            'config trains by epochs: shorten it with --sweep-cfg-options '
+            'train_cfg.max_epochs=<N> train_cfg.val_interval=<N> instead.')
     scale = max_iters / cfg.train_cfg.max_iters
     cfg.train_cfg.max_iters = max_iters
     cfg.train_cfg.val_interval = max_iters

@@ -137,14 +137,16 @@ TASKS = ('seg', 'cub', 'segformer')
 
 
 def add_arguments(parser) -> None:
-    group = parser.add_argument_group('quality and structured_quality')
+    group = parser.add_argument_group('quality, structured_quality, sweep')
     group.add_argument(
         '--quality-tasks', nargs='+', default=list(TASKS), choices=TASKS)
     group.add_argument(
         '--quality-max-iters',
         type=int,
         default=None,
-        help='shorter schedule than the configs\' (iteration-based configs)')
+        help='every training run of the quality, structured_quality and '
+        'sweep sections stops after this many iterations, its schedulers '
+        'scaled to fit (iteration-based configs only)')
 
 
 def run(args) -> list:

@@ -19,7 +19,7 @@ Example (the full sweep, and short smoke runs of each task)::
     python tools/benchmark.py --sections sweep --seeds 0 1 2 3 4
     python tools/benchmark.py --sections sweep --seeds 0 --sweep-tasks seg \\
         --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
-        --sweep-cfg-options train_cfg.max_iters=20 train_cfg.val_interval=20
+        --quality-max-iters 20
     python tools/benchmark.py --sections sweep --seeds 0 --sweep-tasks cls \\
         --sweep-sparsities 0.9 0.99 --out /tmp/sweep/benchmarks.md \\
         --sweep-cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1
@@ -34,7 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from mmengine.config import Config, DictAction
 
 from .common import (CLS_DEMO, ROOT, SEG_DEMO, WORK_ROOT, Outcome,
-                     train_all)
+                     shorten_schedule, train_all)
 
 SECTION = 'sweep'
 
@@ -129,7 +129,8 @@ def add_arguments(parser) -> None:
         action=DictAction,
         default={},
         help='config overrides applied to every run, e.g. a short schedule '
-        'for a smoke test: train_cfg.max_iters=20 train_cfg.val_interval=20')
+        'for a smoke test by epochs: train_cfg.max_epochs=1 '
+        'train_cfg.val_interval=1 (by iterations: --quality-max-iters)')
     group.add_argument(
         '--sweep-work-dir',
         default=osp.join(WORK_ROOT, 'sweep'),
@@ -185,6 +186,7 @@ def _plan(task: SweepTask, args) -> List[Run]:
     base = Config.fromfile(osp.join(ROOT, task.config))
     # Options first: a dense method then drops pruning options with the hook.
     base.merge_from_dict(args.sweep_cfg_options)
+    shorten_schedule(base, args.quality_max_iters)
     runs = []
     for method in METHODS:
         points: List[Optional[float]] = [None]
@@ -296,7 +298,9 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
         'pruning hook refused to train (with `--sweep-cfg-options '
         'default_hooks.pruning.min_density=0.01` a floor is kept instead).' +
         (f' Every run with `{_format_options(args.sweep_cfg_options)}`.'
-         if args.sweep_cfg_options else ''), '',
+         if args.sweep_cfg_options else '') +
+        (f' Every run stopped after {args.quality_max_iters} iterations, its '
+         'schedulers scaled to fit.' if args.quality_max_iters else ''), '',
         *([f'![{task.title} vs sparsity]({plot})', ''] if plot else []),
         '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
         '| --- |' + ' ---: |' * len(sparsities)
