@@ -126,4 +126,4 @@ LOG_PROCESSORS = Registry('log_processor', parent=MMENGINE_LOG_PROCESSORS)
 #: Self-distillation methods (DLB, PS-KD, CS-KD, cross-correlation): one
 #: object per method owning its loss call, state and checkpoint entries.
 SD_METHODS = Registry(
-    'sd_method', scope='epsd_mm', locations=['epsd_mm.models.sd_methods'])
+    'sd_method', scope='epsd_mm', locations=['epsd_mm.sd_methods'])

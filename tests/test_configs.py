@@ -13,9 +13,10 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS,
 import epsd_mm  # noqa: F401
 from epsd_mm.engine import (EarlyPruningHook, GradualPruningHook,
                             SelfDistillHook)
-from epsd_mm.models import CrossCorrelation, trace_forward
+from epsd_mm.models import trace_forward
 from epsd_mm.pruning import (ChannelGraph, criterion_options,
                              prunable_parameters)
+from epsd_mm.sd_methods import CrossCorrelation
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(

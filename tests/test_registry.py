@@ -79,7 +79,8 @@ def test_epsd_config_builds_mmseg_segmentor(epsd_scope):
     from mmseg.models.decode_heads import ASPPHead, FCNHead
     from mmseg.models.segmentors import EncoderDecoder
     from epsd_mm.losses import DLBLoss
-    from epsd_mm.models import DLB, SelfDistillSegmentorMixin
+    from epsd_mm.models import SelfDistillSegmentorMixin
+    from epsd_mm.sd_methods import DLB
 
     cfg = Config.fromfile(
         osp.join(REPO_ROOT, 'configs', 'epsd_deeplab_voc.py'))

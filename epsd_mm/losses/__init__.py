@@ -5,7 +5,7 @@ in a loss dict), a ``loss_weight`` and a class attribute
 ``replaces_task_loss`` telling models whether the loss already contains the
 task cross-entropy (PS-KD) or is added to it (DLB, CS-KD, cross-correlation).
 Which batches and targets a loss is called with is the business of the SD
-*method* (:mod:`epsd_mm.models.sd_methods`).
+*method* (:mod:`epsd_mm.sd_methods`).
 """
 from .base import BaseSDLoss
 from .cross_correlation_loss import CrossCorrelationLoss

@@ -8,14 +8,12 @@ from epsd_mm.registry import import_task_module
 from .cam_head import CAMHead
 from .scoring import (SCORING_LOSSES, ScoringLoss, model_loss, scoring_state,
                       tensor_forward, trace_forward)
-from .sd_methods import CSKD, DLB, PSKD, BaseSDMethod, CrossCorrelation
 from .self_distill import SelfDistillMixin, build_sd_method
 from .slim_model import (SLIM_SPEC_META_KEY, build_slim_model,
                          slim_model_cfg, slim_spec_of_checkpoint)
 
 __all__ = [
-    'BaseSDMethod', 'CAMHead', 'CSKD', 'CrossCorrelation', 'DLB', 'PSKD',
-    'SCORING_LOSSES', 'SLIM_SPEC_META_KEY', 'ScoringLoss', 'SelfDistillMixin',
+    'CAMHead', 'SCORING_LOSSES', 'SLIM_SPEC_META_KEY', 'ScoringLoss', 'SelfDistillMixin',
     'build_sd_method', 'build_slim_model', 'model_loss', 'scoring_state',
     'slim_model_cfg', 'slim_spec_of_checkpoint', 'tensor_forward', 'trace_forward'
 ]

@@ -5,7 +5,7 @@ in ``__init__`` and implements a few task hooks (how to run the network, the
 task losses, how to bring logits to label resolution, where the labels
 are). Its ``loss`` returns :meth:`self_distill_loss`, which hands the batch
 to the configured SD method (``model.sd``, see
-:mod:`epsd_mm.models.sd_methods`). The method's state (DLB's previous
+:mod:`epsd_mm.sd_methods`). The method's state (DLB's previous
 batch, the PS-KD teacher) lives outside the module tree, so it never enters
 ``state_dict`` or DDP's parameter list.
 """
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from epsd_mm.pruning import load_masks_with_state_dict
 from epsd_mm.registry import SD_METHODS
-from .sd_methods import BaseSDMethod
+from epsd_mm.sd_methods import BaseSDMethod
 
 
 def build_sd_method(sd: Optional[dict]) -> Optional[BaseSDMethod]:

@@ -20,6 +20,7 @@ def register_all_modules(init_default_scope_: bool = True) -> None:
     import epsd_mm.evaluation  # noqa: F401
     import epsd_mm.losses  # noqa: F401
     import epsd_mm.models  # noqa: F401
+    import epsd_mm.sd_methods  # noqa: F401
     import epsd_mm.visualization  # noqa: F401
     if init_default_scope_:
         init_default_scope('epsd_mm')

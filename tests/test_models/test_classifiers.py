@@ -20,10 +20,10 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 from epsd_mm.datasets.demo_cifar import write_cifar_demo
 from epsd_mm.deploy import deploy_config, plain_model_cfg
 from epsd_mm.losses import DLBLoss
-from epsd_mm.models import (CSKD, DLB, PSKD, SelfDistillClassifierMixin,
-                            trace_forward)
+from epsd_mm.models import SelfDistillClassifierMixin, trace_forward
 from epsd_mm.pruning import ChannelGraph, get_masks, prunable_parameters
 from epsd_mm.registry import MODELS
+from epsd_mm.sd_methods import CSKD, DLB, PSKD
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'epsd_resnet_cifar_demo.py')

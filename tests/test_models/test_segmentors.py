@@ -13,9 +13,10 @@ from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 
 from epsd_mm.losses import CSKDLoss, DLBLoss, PSKDLoss
-from epsd_mm.models import CSKD, DLB, PSKD, SelfDistillSegmentorMixin
+from epsd_mm.models import SelfDistillSegmentorMixin
 from epsd_mm.pruning import get_masks, prunable_parameters
 from epsd_mm.registry import MODELS
+from epsd_mm.sd_methods import CSKD, DLB, PSKD
 
 TASK_KEYS = {'decode.loss_ce', 'decode.acc_seg', 'aux.loss_ce', 'aux.acc_seg'}
 

@@ -15,7 +15,7 @@ class SelfDistillHook(Hook):
     """Drive the SD method of a self-distilling model through training.
 
     The hook knows no method by name: it lets the model's SD method
-    (``model.sd``, see :class:`~epsd_mm.models.sd_methods.BaseSDMethod`)
+    (``model.sd``, see :class:`~epsd_mm.sd_methods.BaseSDMethod`)
     check the train loader before the run, prepare at ``before_train``,
     update its state before every iteration (PS-KD: progress and teacher
     refreshes) and save / restore its state in checkpoints.

@@ -10,10 +10,11 @@ from torch import nn
 
 from epsd_mm.losses import (CrossCorrelationLoss, CSKDLoss, DLBLoss,
                             PSKDLoss, soft_kl_div)
-from epsd_mm.models import (CSKD, DLB, PSKD, BaseSDMethod, CrossCorrelation,
-                            SelfDistillMixin)
+from epsd_mm.models import SelfDistillMixin
 from epsd_mm.pruning import get_masks
 from epsd_mm.registry import SD_METHODS
+from epsd_mm.sd_methods import (CSKD, DLB, PSKD, BaseSDMethod,
+                                CrossCorrelation)
 
 
 class Sample:
