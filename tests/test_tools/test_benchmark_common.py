@@ -73,3 +73,17 @@ def test_in_fresh_process_returns_raises_and_restores_env(monkeypatch):
     # the worker's error reaches the caller instead of a silent hang
     with pytest.raises(ValueError, match='invalid literal'):
         common.in_fresh_process(int, 'not a number')
+
+
+def test_plan_runs_edits_copies_one_work_dir_per_method_and_seed():
+    from mmengine.config import Config
+    base = Config(dict(value=0))
+    family = {'a + b': lambda cfg: None,
+              'c': lambda cfg: cfg.update(value=1)}
+    runs = common.plan_runs(base, family, [0, 1], 'unit')
+    assert [name for name, *_ in runs] == [
+        'a + b seed 0', 'a + b seed 1', 'c seed 0', 'c seed 1']
+    assert [cfg.value for _, cfg, _, _ in runs] == [0, 0, 1, 1]
+    assert base.value == 0
+    assert runs[0][3] == osp.join(common.WORK_ROOT, 'unit', 'a___b', '0')
+    assert len({work_dir for *_, work_dir in runs}) == 4

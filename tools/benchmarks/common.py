@@ -243,6 +243,27 @@ def final_val_metrics(work_dir: str, since: float = 0.0) -> Dict[str, float]:
     }
 
 
+def plan_runs(base: Config, family: Dict[str, Callable[[Config], None]],
+              seeds: Sequence[int],
+              tag: str) -> List[Tuple[str, Config, int, str]]:
+    """The runs of :func:`train_all` for every method and seed.
+
+    Args:
+        base (Config): The config every method edits (not modified).
+        family (dict): Method name -> edit of a copy of ``base``.
+        seeds (list[int]): Seeds of each method.
+        tag (str): Runs go to ``WORK_ROOT/<tag>/<method>/<seed>``.
+    """
+    runs = []
+    for method, edit in family.items():
+        cfg = copy.deepcopy(base)
+        edit(cfg)
+        slug = ''.join(c if c.isalnum() else '_' for c in method)
+        runs += [(f'{method} seed {seed}', cfg, seed,
+                  osp.join(WORK_ROOT, tag, slug, str(seed))) for seed in seeds]
+    return runs
+
+
 def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
               threads: int, tag: str) -> List[Outcome]:
     """Train runs with :func:`train_cached`, ``jobs`` at a time.

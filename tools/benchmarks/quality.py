@@ -1,12 +1,11 @@
 """Demo quality of the baseline family at 90% sparsity, over seeds."""
-import copy
 import os.path as osp
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 
-from .common import (CUB_DEMO, ROOT, SEG_DEMO, SEGFORMER_DEMO, WORK_ROOT,
+from .common import (CUB_DEMO, ROOT, SEG_DEMO, SEGFORMER_DEMO, plan_runs,
                      shorten_schedule, train_all)
 
 SECTION = 'quality'
@@ -94,14 +93,7 @@ def bench_quality(config: str,
     ``WORK_ROOT/<tag>``) and tabulate mean ± std of ``metric_keys``."""
     base = Config.fromfile(osp.join(ROOT, config))
     shorten_schedule(base, max_iters)
-    planned = []
-    for method, edit in family.items():
-        cfg = copy.deepcopy(base)
-        edit(cfg)
-        slug = ''.join(c if c.isalnum() else '_' for c in method)
-        planned += [(f'{method} seed {seed}', cfg, seed,
-                     osp.join(WORK_ROOT, tag, slug, str(seed)))
-                    for seed in args.seeds]
+    planned = plan_runs(base, family, args.seeds, tag)
     outcomes = train_all(planned, args.jobs, args.threads, tag)
     collapsed = [(run[0], o.collapsed) for run, o in zip(planned, outcomes)
                  if o.collapsed]

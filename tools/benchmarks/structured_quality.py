@@ -8,7 +8,6 @@ dense + DLB for reference. Each run is ``tools/train.py`` in a fresh
 process; the slim architecture of its final checkpoint is rebuilt from the
 spec it records and measured with ``mmengine.analysis``.
 """
-import copy
 import os.path as osp
 import statistics
 from typing import Callable, Dict, List, Sequence
@@ -16,7 +15,7 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from mmengine.config import Config
 
-from .common import ROOT, WORK_ROOT, shorten_schedule, train_all
+from .common import ROOT, plan_runs, shorten_schedule, train_all
 
 SECTION = 'structured_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -91,14 +90,7 @@ def bench_structured_quality(args) -> List[str]:
     base = Config.fromfile(osp.join(ROOT, CONFIG))
     base.default_hooks.pruning.sparsity = sparsity
     shorten_schedule(base, max_iters)
-    planned = []
-    for method, edit in FAMILY.items():
-        cfg = copy.deepcopy(base)
-        edit(cfg)
-        slug = ''.join(c if c.isalnum() else '_' for c in method)
-        planned += [(f'{method} seed {seed}', cfg, seed,
-                     osp.join(WORK_ROOT, 'structured_quality', slug,
-                              str(seed))) for seed in seeds]
+    planned = plan_runs(base, FAMILY, seeds, 'structured_quality')
     outcomes = iter(
         train_all(planned, args.jobs, args.threads, 'structured_quality'))
     work_dirs = iter(run[3] for run in planned)
