@@ -19,7 +19,8 @@ from epsd_mm.datasets.config_datasets import set_data_root
 from epsd_mm.engine import SlimCheckpointHook
 from epsd_mm.evaluation.config_checks import check_cam_threshold
 from epsd_mm.registry import RUNNERS
-from epsd_mm.utils import (register_checkpoint_safe_globals,
+from epsd_mm.utils import (close_distributed,
+                           register_checkpoint_safe_globals,
                            setup_cpu_distributed)
 
 
@@ -102,6 +103,7 @@ def main() -> None:
     # channel-pruned checkpoints load under any config; unfitting ones stop
     runner.register_hook(SlimCheckpointHook())
     runner.test()
+    close_distributed()
 
 
 if __name__ == '__main__':

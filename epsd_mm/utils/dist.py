@@ -11,6 +11,8 @@ The Runner skips its own ``init_dist`` when the process group already exists,
 and takes ``device_ids`` from ``model_wrapper_cfg`` when given, so both are
 fixed from the config side before the Runner is built. With CUDA available
 nothing changes.
+
+``close_distributed`` ends a run's process group before the interpreter exits.
 """
 import os
 
@@ -63,3 +65,17 @@ def setup_cpu_distributed(cfg) -> bool:
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     return True
+
+
+def close_distributed() -> None:
+    """Destroy the default process group, if any, once every rank is done.
+
+    MMEngine never destroys the process group it runs in. Left to interpreter
+    teardown, gloo's threads may still be joinable and a rank aborts after a
+    successful run ("terminate called without an active exception", SIGABRT),
+    which torchrun reports as a failed job. The barrier keeps a fast rank from
+    tearing down while another one is still in its last collective.
+    """
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.barrier()
+        torch_dist.destroy_process_group()

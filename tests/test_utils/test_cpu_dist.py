@@ -1,10 +1,11 @@
-"""setup_cpu_distributed: MMEngine's pytorch launcher without CUDA."""
+"""setup_cpu_distributed: MMEngine's pytorch launcher without CUDA;
+close_distributed: the process group ends before the interpreter does."""
 import pytest
 import torch
 import torch.distributed as torch_dist
 from mmengine.config import Config
 
-from epsd_mm.utils import setup_cpu_distributed
+from epsd_mm.utils import close_distributed, setup_cpu_distributed
 
 
 @pytest.fixture
@@ -89,4 +90,15 @@ def test_nccl_without_cuda_is_a_clear_error(torchrun_env):
         dict(launcher='pytorch', env_cfg=dict(dist_cfg=dict(backend='nccl'))))
     with pytest.raises(RuntimeError, match='backend=gloo'):
         setup_cpu_distributed(cfg)
+    assert not torch_dist.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CPU-only behaviour')
+def test_close_distributed_destroys_the_process_group(torchrun_env):
+    setup_cpu_distributed(_cfg())
+    assert torch_dist.is_initialized()
+    close_distributed()
+    assert not torch_dist.is_initialized()
+    # a run without a process group (launcher none) closes nothing
+    close_distributed()
     assert not torch_dist.is_initialized()
