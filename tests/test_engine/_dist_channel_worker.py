@@ -24,7 +24,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 import epsd_mm.engine.hooks.channel_pruning as channel_pruning  # noqa: E402
 from epsd_mm.pruning import get_slim_spec, layer_channels  # noqa: E402
-from epsd_mm.utils import setup_cpu_distributed  # noqa: E402
+from epsd_mm.utils import (close_distributed,  # noqa: E402
+                           setup_cpu_distributed)
 
 local_keep = {}
 
@@ -76,8 +77,7 @@ def main() -> None:
                  for k, v in model.named_parameters()},
     )
     torch.save(result, osp.join(work_dir, f'rank{runner.rank}.pt'))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == '__main__':

@@ -20,7 +20,8 @@ from conftest import make_tiny_cfg  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from epsd_mm.pruning import get_masks  # noqa: E402
-from epsd_mm.utils import setup_cpu_distributed  # noqa: E402
+from epsd_mm.utils import (close_distributed,  # noqa: E402
+                           setup_cpu_distributed)
 
 
 def main() -> None:
@@ -48,10 +49,7 @@ def main() -> None:
         indices=list(itertools.islice(iter(sampler), 8)),
     )
     torch.save(result, osp.join(work_dir, f'rank{runner.rank}.pt'))
-    # leave together: a rank exiting while the other still talks to it
-    # makes gloo (and so torchrun) report an error
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    close_distributed()
 
 
 if __name__ == '__main__':
