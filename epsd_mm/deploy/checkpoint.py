@@ -1,8 +1,7 @@
 """Read a pruned training checkpoint into the model it came from."""
 import copy
-import inspect
 import os.path as osp
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Mapping, Optional
 
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
@@ -10,14 +9,11 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import CheckpointLoader
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (attach_mask_buffers, check_masked_state_dict,
-                             masked_param_names, rebuild_slim,
-                             rename_legacy_mask_keys)
-from epsd_mm.registry import HOOKS, MODELS
+from epsd_mm.pruning import (PruningRecord, attach_mask_buffers,
+                             check_masked_state_dict, masked_param_names,
+                             rebuild_slim, rename_legacy_mask_keys)
+from epsd_mm.registry import MODELS
 from epsd_mm.utils import register_checkpoint_safe_globals
-
-#: Pruning hooks whose criterion is implied rather than configured.
-IMPLIED_CRITERIA = {'GradualPruningHook': 'magnitude'}
 
 
 def load_checkpoint_dict(path: str) -> dict:
@@ -133,79 +129,29 @@ def build_masked_model(cfg: Config,
     return model
 
 
-def _hook_args(hook_cfg: dict) -> Tuple[str, Dict]:
-    """Hook name and its arguments, defaults filled in from its signature
-    (in the default scope the hook is built in)."""
-    hook_cls = HOOKS.get(hook_cfg['type'])
-    args = {
-        name: p.default
-        for name, p in inspect.signature(hook_cls).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-    args.update({k: v for k, v in hook_cfg.items() if k != 'type'})
-    return hook_cls.__name__, args
-
-
-def pruning_hook_cfg(cfg: Config) -> Optional[Tuple[str, Dict]]:
-    """Name and arguments of the config's pruning hook, if any.
-
-    A pruning hook is any hook deriving from
-    :class:`~epsd_mm.engine.hooks.BaseMaskHook`, in ``default_hooks`` or
-    ``custom_hooks``.
-    """
-    from epsd_mm.engine.hooks import BaseMaskHook
-    hooks = list((cfg.get('default_hooks') or {}).values())
-    hooks += list(cfg.get('custom_hooks') or [])
-    with DefaultScope.overwrite_default_scope(
-            cfg.get('default_scope', 'mmengine')):
-        for hook in hooks:
-            if not isinstance(hook, dict) or 'type' not in hook:
-                continue
-            hook_cls = HOOKS.get(hook['type'])
-            if inspect.isclass(hook_cls) and issubclass(
-                    hook_cls, BaseMaskHook):
-                return _hook_args(hook)
-    return None
-
-
-def pruning_meta(checkpoint: dict,
-                 cfg: Config,
-                 masks: Mapping[str, Tensor],
-                 source: str,
-                 slim_spec: Optional[dict] = None) -> dict:
+def pruning_meta(checkpoint: dict, masks: Mapping[str, Tensor],
+                 source: str) -> dict:
     """What a deployed checkpoint records about its pruning.
 
-    The sparsity is measured on the masks. The criterion comes from the
-    pruning hook of the config the run was trained with, which MMEngine
-    stores as text in ``checkpoint['meta']['cfg']``; when that is absent,
-    from ``cfg``.
+    The sparsity is measured on the masks; how the checkpoint was pruned
+    (each pruning hook's settings, criterion included, and the slim spec)
+    comes from its :class:`~epsd_mm.pruning.PruningRecord`.
 
     Args:
         checkpoint (dict): The training checkpoint.
-        cfg (Config): The config given for it.
         masks (Mapping[str, Tensor]): Its keep-masks (may be empty for a
             channel-pruned checkpoint).
         source (str): The checkpoint's path.
-        slim_spec (dict, optional): Its slim spec, if channel-pruned.
-            Defaults to None.
 
     Returns:
         dict: ``sparsity`` (of the masked weights, 0 without masks),
         ``pruned``/``prunable`` weight counts, the number of
         ``masked_tensors``, ``channels`` (``total``/``kept`` channels in
-        scope, None if not channel-pruned), the ``pruning_hook`` name and
-        arguments, the ``criterion``, ``config_source`` (where the hook was
-        read) and ``source_checkpoint``.
+        scope, None if not channel-pruned), the ``criteria`` and ``stages``
+        of the record, and ``source_checkpoint``.
     """
-    cfg_text = checkpoint.get('meta', {}).get('cfg')
-    hook, config_source = None, None
-    if cfg_text:
-        hook = pruning_hook_cfg(Config.fromstring(cfg_text, '.py'))
-        config_source = "the checkpoint's meta['cfg']"
-    if hook is None:
-        hook = pruning_hook_cfg(cfg)
-        config_source = cfg.filename if hook else None
-    name, args = hook or (None, {})
+    record = PruningRecord.from_checkpoint(checkpoint)
+    spec = record.slim_spec
     prunable = sum(m.numel() for m in masks.values())
     pruned = sum(int((~m.bool()).sum()) for m in masks.values())
     return dict(
@@ -213,22 +159,8 @@ def pruning_meta(checkpoint: dict,
         pruned=pruned,
         prunable=prunable,
         masked_tensors=len(masks),
-        channels=(dict(slim_spec['channels'])
-                  if slim_spec and 'channels' in slim_spec else None),
-        pruning_hook=name,
-        criterion=args.get('criterion', IMPLIED_CRITERIA.get(name)),
-        hook_args=to_plain(args),
-        config_source=config_source,
+        channels=dict(spec['channels']) if spec and 'channels' in spec
+        else None,
+        criteria=record.criteria(),
+        stages=record.summary()['stages'],
         source_checkpoint=osp.abspath(source))
-
-
-def to_plain(value):
-    """Containers of str/int/float/bool/None only, so the meta loads with
-    ``torch.load(weights_only=True)``."""
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)

@@ -179,3 +179,43 @@ def format_complexity_table(rows: List[PartComplexity]) -> str:
     table.align = 'r'
     table.align['part'] = 'l'
     return table.get_string()
+
+
+def format_complexity_change(before: List[PartComplexity],
+                             after: List[PartComplexity]) -> str:
+    """Render effective params (and FLOPs) of a model before and after a
+    change (e.g. pruning) side by side.
+
+    Args:
+        before (list[PartComplexity]): :func:`model_complexity` before.
+        after (list[PartComplexity]): :func:`model_complexity` after.
+
+    Returns:
+        str: Per part, the effective counts before and after, and their
+        ratio.
+    """
+
+    def ratio(new: Optional[int], old: Optional[int]) -> str:
+        return f'{new / old:.3f}' if old else '-'
+
+    old = {r.name: r for r in before}
+    with_flops = after[-1].flops is not None and before[-1].flops is not None
+    table = PrettyTable()
+    table.field_names = [
+        'part', 'params before', 'params after', 'params ratio'
+    ] + (['FLOPs before', 'FLOPs after', 'FLOPs ratio'] if with_flops else [])
+    for r in after:
+        b = old.get(r.name, PartComplexity(r.name, 0, 0, 0, 0))
+        cells = [
+            r.name, f'{b.effective_params:,}', f'{r.effective_params:,}',
+            ratio(r.effective_params, b.effective_params)
+        ]
+        if with_flops:
+            cells += [
+                f'{b.effective_flops:,}', f'{r.effective_flops:,}',
+                ratio(r.effective_flops, b.effective_flops)
+            ]
+        table.add_row(cells)
+    table.align = 'r'
+    table.align['part'] = 'l'
+    return table.get_string()

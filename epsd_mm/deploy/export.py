@@ -27,10 +27,10 @@ import torch
 from mmengine.config import Config
 from torch import Tensor, nn
 
-from epsd_mm.models.slim_model import slim_spec_of_checkpoint
+from epsd_mm.pruning import PruningRecord, to_plain
 from .checkpoint import (build_masked_model, build_model,
                          check_state_dict_fits, load_checkpoint_dict,
-                         pruning_meta, to_plain)
+                         pruning_meta)
 from .config import deploy_config, input_shape_from_cfg
 from .fold import fold_masks
 from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
@@ -116,13 +116,18 @@ def _saved_bytes(obj: dict) -> int:
 
 
 def _folded_meta(checkpoint: dict, deploy_cfg: Config, pruning: dict) -> dict:
+    """The training meta (plain values only), the deploy config, the
+    measured ``pruning`` summary and the pruning record without the hooks'
+    tensors."""
+    record = PruningRecord.from_checkpoint(checkpoint)
     meta = {k: v for k, v in checkpoint.get('meta', {}).items() if k != 'cfg'}
-    meta = to_plain(meta)
-    meta.update(
+    folded = dict(meta=to_plain(meta))
+    PruningRecord(record.stages, record.slim_spec).write(folded)
+    folded['meta'].update(
         cfg=deploy_cfg.pretty_text,
         pruning=pruning,
         exported_at=time.strftime('%Y%m%d_%H%M%S'))
-    return meta
+    return folded['meta']
 
 
 def export_pruned_checkpoint(
@@ -159,7 +164,7 @@ def export_pruned_checkpoint(
     check_out_dir(out_dir, force)
     shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
     ckpt = load_checkpoint_dict(checkpoint)
-    slim_spec = slim_spec_of_checkpoint(ckpt)
+    slim_spec = PruningRecord.from_checkpoint(ckpt).slim_spec
     try:
         folded_all, masks = fold_masks(
             ckpt['state_dict'], require_masks=slim_spec is None)
@@ -201,7 +206,7 @@ def export_pruned_checkpoint(
             f'{logits_diff:.2e} > {atol:.0e}; nothing was written. Check that '
             'the config is the one the checkpoint was trained with.')
 
-    pruning = pruning_meta(ckpt, cfg, masks, checkpoint, slim_spec)
+    pruning = pruning_meta(ckpt, masks, checkpoint)
     meta = _folded_meta(ckpt, deploy_cfg, pruning)
     os.makedirs(out_dir, exist_ok=True)
     paths = {

@@ -9,13 +9,13 @@ from .cam_head import CAMHead
 from .scoring import (SCORING_LOSSES, ScoringLoss, model_loss, scoring_state,
                       tensor_forward, trace_forward)
 from .self_distill import SelfDistillMixin, build_sd_method
-from .slim_model import (SLIM_SPEC_META_KEY, build_slim_model,
-                         slim_model_cfg, slim_spec_of_checkpoint)
+from .slim_model import build_slim_model, slim_model_cfg
+from .unpruned_view import UnprunedView
 
 __all__ = [
-    'CAMHead', 'SCORING_LOSSES', 'SLIM_SPEC_META_KEY', 'ScoringLoss', 'SelfDistillMixin',
-    'build_sd_method', 'build_slim_model', 'model_loss', 'scoring_state',
-    'slim_model_cfg', 'slim_spec_of_checkpoint', 'tensor_forward', 'trace_forward'
+    'CAMHead', 'SCORING_LOSSES', 'ScoringLoss', 'SelfDistillMixin',
+    'UnprunedView', 'build_sd_method', 'build_slim_model', 'model_loss',
+    'scoring_state', 'slim_model_cfg', 'tensor_forward', 'trace_forward'
 ]
 
 if import_task_module('epsd_mm.models.segmentors', requires='mmseg'):

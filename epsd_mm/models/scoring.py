@@ -17,6 +17,34 @@ from torch import Tensor, nn
 SCORING_LOSSES = ('sd', 'task')
 
 
+def scoring_loss_of(criterion, loss: Optional[str]) -> Optional[str]:
+    """The scoring loss a pruning hook uses with ``criterion``.
+
+    Args:
+        criterion (Criterion): The built criterion.
+        loss (str, optional): The configured loss: ``'sd'``, ``'task'`` or
+            None (``'sd'`` for data criteria).
+
+    Returns:
+        str | None: ``'sd'`` or ``'task'``; None for data-free criteria,
+        which score without a loss (configuring one for them is refused:
+        it could not take effect).
+    """
+    if criterion.data != 'batches':
+        if loss is not None:
+            raise ValueError(
+                f'criterion {criterion.name!r} is data-free: it scores '
+                f'without a loss, so loss={loss!r} cannot take effect. '
+                'Remove default_hooks.pruning.loss, or use a data criterion '
+                "(e.g. 'prospr', 'snip').")
+        return None
+    loss = loss or 'sd'
+    if loss not in SCORING_LOSSES:
+        raise ValueError("loss must be 'sd' (EPSD) or 'task' (simple "
+                         f'combination), got {loss!r}.')
+    return loss
+
+
 def model_loss(model: nn.Module, batch: dict) -> Tensor:
     """The scalar training loss of an MMEngine model on a preprocessed
     batch."""
@@ -30,8 +58,19 @@ def tensor_forward(model: nn.Module, x: Tensor) -> Any:
     return model(x, mode='tensor')
 
 
-def _as_list(heads: nn.Module) -> List[nn.Module]:
+def as_module_list(heads: nn.Module) -> List[nn.Module]:
+    """The stages of a head given as one module or an ``nn.ModuleList``."""
     return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
+
+
+def decode_stages(heads: List[nn.Module], feats: Any) -> List[Tensor]:
+    """Logits of every decode stage of an mmseg segmentor on ``feats``:
+    one for an ``EncoderDecoder``; a cascade's later stages refine the
+    previous stage's output."""
+    outputs = [heads[0](feats)]
+    for stage in heads[1:]:
+        outputs.append(stage(feats, outputs[-1]))
+    return outputs
 
 
 def trace_forward(model: nn.Module, x: Tensor) -> Any:
@@ -55,11 +94,8 @@ def trace_forward(model: nn.Module, x: Tensor) -> Any:
     if not getattr(model, 'with_auxiliary_head', False):
         return tensor_forward(model, x)
     feats = model.extract_feat(x)
-    stages = _as_list(model.decode_head)
-    outputs = [stages[0](feats)]
-    for stage in stages[1:]:  # cascade stages refine the previous output
-        outputs.append(stage(feats, outputs[-1]))
-    outputs += [head(feats) for head in _as_list(model.auxiliary_head)]
+    outputs = decode_stages(as_module_list(model.decode_head), feats)
+    outputs += [head(feats) for head in as_module_list(model.auxiliary_head)]
     return outputs
 
 
@@ -106,18 +142,18 @@ def scoring_state(model: nn.Module, loss: str) -> Iterator[None]:
     """Put a model in the state its scoring loss is defined in.
 
     ``loss='sd'`` uses the SD method's definition at initialisation;
-    ``loss='task'`` switches the SD term off. A plain MMEngine model (no SD
-    method) scores with its own loss either way. Everything is restored on
-    exit.
+    ``loss='task'`` switches the SD term off; None (data-free criteria)
+    changes nothing. A plain MMEngine model (no SD method) scores with its
+    own loss either way. Everything is restored on exit.
 
     Args:
         model (nn.Module): The (unwrapped) model.
-        loss (str): ``'sd'`` or ``'task'``.
+        loss (str, optional): ``'sd'``, ``'task'`` or None.
     """
-    if loss not in SCORING_LOSSES:
+    if loss is not None and loss not in SCORING_LOSSES:
         raise ValueError(f"scoring loss must be 'sd' or 'task', got {loss!r}")
     method = getattr(model, 'sd', None)
-    if method is None:
+    if method is None or loss is None:
         yield
         return
     with (model.sd_disabled()

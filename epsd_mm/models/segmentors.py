@@ -8,6 +8,7 @@ from mmseg.utils import add_prefix
 from torch import Tensor, nn
 
 from epsd_mm.registry import MODELS
+from .scoring import as_module_list, decode_stages
 from .self_distill import SelfDistillMixin, reject_sd_loss_key
 
 
@@ -39,15 +40,11 @@ class SelfDistillSegmentorMixin(SelfDistillMixin):
 
     @property
     def _decode_heads(self) -> List[nn.Module]:
-        heads = self.decode_head
-        return list(heads) if isinstance(heads, nn.ModuleList) else [heads]
+        return as_module_list(self.decode_head)
 
     def sd_forward(self, inputs: Tensor) -> Tuple[Tensor, SegmentorOutputs]:
         feats = self.extract_feat(inputs)
-        heads = self._decode_heads
-        stage_logits = [heads[0].forward(feats)]
-        for head in heads[1:]:  # cascade stages refine the previous output
-            stage_logits.append(head.forward(feats, stage_logits[-1]))
+        stage_logits = decode_stages(self._decode_heads, feats)
         return stage_logits[-1], SegmentorOutputs(feats, stage_logits)
 
     def sd_task_losses(self, logits: Tensor, extra: SegmentorOutputs,

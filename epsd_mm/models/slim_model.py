@@ -1,30 +1,11 @@
 """Build a channel-pruned (slim) model from a plain model config."""
 import copy
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 from torch import nn
 
-from epsd_mm.pruning.slimming import check_slim_spec, rebuild_slim
+from epsd_mm.pruning.slimming import rebuild_slim
 from epsd_mm.registry import MODELS
-
-#: ``checkpoint['meta'][SLIM_SPEC_META_KEY]`` holds the slim spec of a
-#: channel-pruned checkpoint.
-SLIM_SPEC_META_KEY = 'epsd_slim_spec'
-
-
-def slim_spec_of_checkpoint(checkpoint: Mapping) -> Optional[dict]:
-    """The slim spec a checkpoint records, or None for a dense one.
-
-    Args:
-        checkpoint (Mapping): A loaded MMEngine checkpoint.
-
-    Returns:
-        dict | None: The spec.
-    """
-    spec = (checkpoint.get('meta') or {}).get(SLIM_SPEC_META_KEY)
-    if spec is not None:
-        check_slim_spec(spec)
-    return spec
 
 
 @MODELS.register_module(name='SlimModel')
@@ -40,7 +21,7 @@ def build_slim_model(model_type: Union[str, type], slim_spec: dict,
         model = dict(
             type='epsd_mm.SlimModel',
             model_type='mmseg.EncoderDecoder',   # the model's own type
-            slim_spec=slim_spec_of_checkpoint(checkpoint),
+            slim_spec=PruningRecord.from_checkpoint(checkpoint).slim_spec,
             backbone=..., decode_head=..., ...)  # the model's own keys
 
     so APIs that edit ``config.model`` (``backbone.init_cfg``,
@@ -72,7 +53,8 @@ def build_slim_model(model_type: Union[str, type], slim_spec: dict,
     except ValueError as error:
         raise ValueError(
             f'SlimModel: {error} (slim_spec must come from a checkpoint of '
-            'this model config, see slim_spec_of_checkpoint).') from None
+            'this model config: PruningRecord.from_checkpoint(checkpoint).'
+            'slim_spec).') from None
     return built
 
 

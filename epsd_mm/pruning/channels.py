@@ -8,11 +8,11 @@ description that the channel criteria score (:mod:`.channel_scores`) and
 keeps torch-pruning's graph for the surgery (:mod:`.slimming`).
 """
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.instancenorm import _InstanceNorm
@@ -30,11 +30,24 @@ CHANNEL_TYPES: Tuple[type, ...] = (_ConvNd, nn.Linear, _BatchNorm,
 #: scored and removed.
 ROOT_TYPES: Tuple[type, ...] = (_ConvNd, nn.Linear)
 
-# A group reaching an unwrapped parameter cannot be described by the slim
-# spec; one reaching an output of the traced forward has a fixed width.
-_UNCUTTABLE = (tp.ops.OPTYPE.PARAMETER, tp.ops.OPTYPE.OUTPUT)
-
 ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+def torch_pruning():
+    """The ``torch_pruning`` module, or an error saying how to install it.
+
+    Channel pruning needs torch-pruning's dependency graph; weight pruning
+    does not, so it is imported only here.
+    """
+    try:
+        import torch_pruning as tp
+    except ImportError as error:
+        raise ImportError(
+            'channel pruning needs torch-pruning (its dependency graph '
+            'groups coupled channels), which is not installed: pip install '
+            "'torch-pruning>=1.6' (or pip install 'epsd_mm[structured]'). "
+            'Weight pruning works without it.') from error
+    return tp
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,26 @@ class ChannelGroup:
     members: Tuple[ChannelMember, ...]
     modules: Tuple[str, ...]
     consumers: Tuple[str, ...]
+
+
+def _channel_sums(values: Mapping[str, Tensor], group: ChannelGroup,
+                  filters_only: bool) -> Tensor:
+    """Sum of ``values`` over each channel of one group."""
+    members = [m for m in group.members if m.is_filter or not filters_only]
+    if not members:
+        what = 'filters' if filters_only else 'parameter entries'
+        raise ValueError(
+            f'channel group {group.name!r} has no {what} to score')
+    first = values[members[0].param]
+    total = torch.zeros(
+        group.num_channels, dtype=first.dtype, device=first.device)
+    for member in members:
+        value = values[member.param].movedim(member.dim, 0)
+        positions = torch.tensor(member.positions, device=value.device)
+        channels = torch.tensor(member.channels, device=total.device)
+        per_position = value[positions].reshape(len(positions), -1).sum(1)
+        total.index_add_(0, channels, per_position.to(total))
+    return total
 
 
 def _channel_dim(module: nn.Module, local: str) -> int:
@@ -138,6 +171,7 @@ class ChannelGraph:
         self.model = model
         self.scopes = normalize_scopes(scopes)
         self.is_slimmed = False
+        tp = torch_pruning()
         names = {}
         for name, module in model.named_modules():
             names.setdefault(module, name)
@@ -153,7 +187,7 @@ class ChannelGraph:
             if not self._in_scope(name)
         ]
         order = {name: i for i, name in enumerate(names.values())}
-        found: List[Tuple[ChannelGroup, tp.Group]] = []
+        found: List[Tuple[ChannelGroup, Any]] = []
         for tp_group in self.graph.get_all_groups(
                 ignored_layers=outside, root_module_types=ROOT_TYPES):
             group = self._describe(tp_group, names)
@@ -193,10 +227,15 @@ class ChannelGraph:
                 '`lambda m, x: [m.decode_head(m.extract_feat(x)), '
                 'm.auxiliary_head(m.extract_feat(x))]`).')
 
-    def _describe(self, tp_group: tp.Group,
+    def _describe(self, tp_group: Any,
                   names: Dict[nn.Module, str]) -> Optional[ChannelGroup]:
         """A :class:`ChannelGroup` of a torch-pruning group, or None if it
         reaches an output or an unwrapped parameter."""
+        optype = torch_pruning().ops.OPTYPE
+        # A group reaching an unwrapped parameter cannot be described by
+        # the slim spec; one reaching an output of the traced forward has a
+        # fixed width.
+        uncuttable = (optype.PARAMETER, optype.OUTPUT)
         root = tp_group[0].dep.target.module
         num_channels = self.graph.get_out_channels(root)
         members: List[ChannelMember] = []
@@ -204,7 +243,7 @@ class ChannelGraph:
         consumers: List[str] = []
         for item in tp_group:
             module = item.dep.target.module
-            if item.dep.target.type in _UNCUTTABLE:
+            if item.dep.target.type in uncuttable:
                 return None
             if module not in names:  # torch-pruning's op placeholders
                 continue
@@ -257,7 +296,32 @@ class ChannelGraph:
             for group in self.groups.values() for m in group.members
         }
 
-    def torch_pruning_group(self, name: str) -> tp.Group:
+    def channel_sums(self,
+                     values: Mapping[str, Tensor],
+                     filters_only: bool = False) -> Dict[str, Tensor]:
+        """Sum element-wise values over each channel's entries, per group.
+
+        E.g. the signed meta-gradients of element masks of
+        :meth:`parameters`: by the chain rule their sum over a channel's
+        entries is the gradient of that channel's mask.
+
+        Args:
+            values (Mapping[str, Tensor]): Tensor per parameter name, shaped
+                like the parameter.
+            filters_only (bool): Only sum over Conv/Linear weights.
+                Defaults to False.
+
+        Returns:
+            dict[str, Tensor]: ``(num_channels,)`` sums per group name, in
+            the values' dtype.
+        """
+        self.check_not_slimmed()
+        return {
+            name: _channel_sums(values, group, filters_only)
+            for name, group in self.groups.items()
+        }
+
+    def torch_pruning_group(self, name: str) -> Any:
         """torch-pruning's group (all channels) of the group ``name``."""
         self.check_not_slimmed()
         return self._tp_groups[name]

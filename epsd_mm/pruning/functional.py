@@ -1,6 +1,7 @@
 """Run a model on substituted parameters and leave it as it was."""
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, List, Mapping
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional)
 
 import torch
 import torch.nn as nn
@@ -79,6 +80,50 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                     buf.copy_(buffers[name])
         for module, training in modes:
             module.training = training
+
+
+def detached_leaves(tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Differentiable aliases of ``tensors`` (no copy).
+
+    Fresh leaf tensors sharing storage with the originals: differentiating
+    with respect to them never touches ``param.grad`` and works for frozen
+    weights too.
+
+    Args:
+        tensors (Mapping[str, Tensor]): E.g. the prunable weights.
+
+    Returns:
+        dict[str, Tensor]: Leaf tensors requiring grad, by name.
+    """
+    return {n: t.detach().requires_grad_(True) for n, t in tensors.items()}
+
+
+def first_sample(batches: Optional[Iterable[Any]], who: str) -> Tensor:
+    """One sample of the first batch, with batch size 1.
+
+    The sample tensor is the batch itself, its ``'inputs'`` entry (MMEngine
+    models) or its first element (``(inputs, targets)`` tuples).
+
+    Args:
+        batches (Iterable, optional): Scoring batches.
+        who (str): What needs the sample, for the error message.
+
+    Returns:
+        Tensor: ``x[:1]`` of the first batch's input tensor ``x``.
+    """
+    for batch in batches or ():
+        x = batch
+        if isinstance(x, Mapping):
+            x = x.get('inputs')
+        elif isinstance(x, (list, tuple)) and x:
+            x = x[0]
+        if isinstance(x, Tensor) and x.dim() >= 1:
+            return x[:1]
+        break
+    raise ValueError(
+        f'{who} runs the network on one input and needs its shape: pass '
+        "batches whose first element is a tensor, a dict with an 'inputs' "
+        "tensor or an (inputs, ...) tuple, or the input's shape explicitly")
 
 
 def as_batch_list(batches: Iterable[Any]) -> List[Any]:

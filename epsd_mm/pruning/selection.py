@@ -1,13 +1,18 @@
 """Turn scores into keep-masks at a target sparsity."""
 import math
 from functools import reduce
-from typing import Dict, Mapping
+from numbers import Real
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 SELECTIONS = ('global', 'layerwise')
 _ON_COLLAPSE = ('error', 'allow')
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
 
 def check_sparsity(sparsity: float) -> float:
@@ -19,16 +24,125 @@ def check_sparsity(sparsity: float) -> float:
     Returns:
         float: The sparsity.
     """
-    if not 0.0 <= sparsity < 1.0:
+    if not _is_number(sparsity) or not 0.0 <= sparsity < 1.0:
         raise ValueError(
-            f'sparsity must be in [0, 1), got {sparsity}; 0.9 keeps 10% of '
-            'prunable weights')
+            f'sparsity must be in [0, 1), got {sparsity!r}; 0.9 '
+            'keeps 10% of prunable weights')
     return float(sparsity)
+
+
+def check_selection(sparsity: float,
+                    selection: str = 'global',
+                    min_density: float = 0.0) -> None:
+    """Validate the arguments of :func:`select_masks` (types and ranges).
+
+    Args:
+        sparsity (float): Target sparsity, in ``[0, 1)``.
+        selection (str): ``'global'`` or ``'layerwise'``.
+        min_density (float): Per-layer floor, in ``[0, 1]``.
+    """
+    check_sparsity(sparsity)
+    if selection not in SELECTIONS:
+        raise ValueError(
+            f'selection must be one of {SELECTIONS}, got {selection!r}')
+    if not _is_number(min_density) or not 0.0 <= min_density <= 1.0:
+        raise ValueError(
+            f'min_density must be in [0, 1], got {min_density!r} '
+            '(0.01 keeps at least 1% of every layer)')
 
 
 def kept_count(sparsity: float, numel: int) -> int:
     """Number of weights kept out of ``numel``: ``round((1-s) * numel)``."""
     return int(round((1.0 - sparsity) * numel))
+
+
+def floor_counts(sizes: Sequence[int], min_density: float) -> int:
+    """Entries the per-layer floors keep: ``sum max(1, ceil(d * n_l))``."""
+    return sum(max(1, math.ceil(min_density * n)) for n in sizes)
+
+
+def fitting_min_density(sizes: Sequence[int],
+                        sparsity: float) -> Optional[float]:
+    """The largest ``min_density`` (3 significant digits, rounded down)
+    whose floors fit in the budget that ``sparsity`` keeps.
+
+    Args:
+        sizes (Sequence[int]): Entries per layer.
+        sparsity (float): The target sparsity.
+
+    Returns:
+        float | None: The floor, or None if not even one entry per layer
+        fits.
+    """
+    budget = kept_count(sparsity, sum(sizes))
+    if len(sizes) > budget:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        if floor_counts(sizes, mid) <= budget:
+            low = mid
+        else:
+            high = mid
+    if low <= 0:
+        return None
+    digits = 2 - math.floor(math.log10(low))
+    return math.floor(low * 10**digits) / 10**digits
+
+
+def max_sparsity_with_one_each(sizes: Sequence[int]) -> float:
+    """The highest sparsity (rounded down to 4 digits) at which global
+    selection can still keep one entry in every layer."""
+    total = sum(sizes)
+    sparsity = math.floor((1.0 - len(sizes) / total) * 1e4) / 1e4
+    while sparsity > 0 and kept_count(sparsity, total) < len(sizes):
+        sparsity = round(sparsity - 1e-4, 4)
+    return max(sparsity, 0.0)
+
+
+def check_floors_fit(sizes: Sequence[int],
+                     sparsity: float,
+                     min_density: float,
+                     unit: str = 'weight') -> None:
+    """Refuse floors that keep more than the budget of ``sparsity``.
+
+    Computable from the layer sizes alone, so callers run it before any
+    scoring. Only global selection is bound by the budget.
+
+    Args:
+        sizes (Sequence[int]): Entries per layer.
+        sparsity (float): The target sparsity.
+        min_density (float): The per-layer floor (0: no floor).
+        unit (str): What one entry is, in the message. Defaults to
+            ``'weight'``.
+    """
+    if min_density <= 0:
+        return
+    budget = kept_count(sparsity, sum(sizes))
+    floors = floor_counts(sizes, min_density)
+    if floors > budget:
+        raise ValueError(
+            f'min_density={min_density} keeps at least {floors} {unit}s (a '
+            f'floor in each of {len(sizes)} layers), more than the {budget} '
+            f'that sparsity {sparsity} keeps in total; '
+            + _fixes(sizes, sparsity, 'global', exclude_floor=False))
+
+
+def _fixes(sizes: Sequence[int], sparsity: float, selection: str,
+           exclude_floor: bool = True) -> str:
+    """Suggestions that work for these layer sizes, as a sentence."""
+    fixes = []
+    floor = fitting_min_density(sizes, sparsity)
+    if floor is not None:
+        fixes.append(f'min_density={floor} (the largest floor that fits)'
+                     if not exclude_floor else f'min_density={floor}')
+    if selection != 'layerwise':
+        fixes.append("selection='layerwise' (every layer keeps the same "
+                     'fraction)')
+    fixes.append('a sparsity of at most '
+                 f'{max_sparsity_with_one_each(sizes)}' if floor is None
+                 else 'a lower sparsity')
+    return 'use ' + ', or '.join(fixes) + '.'
 
 
 def _top_k(flat: Tensor, k: int) -> Tensor:
@@ -58,13 +172,8 @@ def _global_masks(scores: Mapping[str, Tensor],
     sizes = [s.numel() for s in scores.values()]
     budget = kept_count(sparsity, flat.numel())
     if min_density > 0:
+        check_floors_fit(sizes, sparsity, min_density, unit)
         floors = [max(1, math.ceil(min_density * n)) for n in sizes]
-        if sum(floors) > budget:
-            raise ValueError(
-                f'min_density={min_density} keeps at least {sum(floors)} '
-                f'{unit}s (a floor in each of {len(sizes)} layers), more '
-                f'than the {budget} that sparsity {sparsity} keeps in total; '
-                'lower min_density or the sparsity.')
         keep = torch.cat([
             _top_k(chunk, floor)
             for chunk, floor in zip(flat.split(sizes), floors)
@@ -128,15 +237,10 @@ def select_masks(scores: Mapping[str, Tensor],
         ValueError: On invalid arguments, non-finite scores or (with
             ``on_collapse='error'``) a collapsed layer.
     """
-    check_sparsity(sparsity)
-    if selection not in SELECTIONS:
-        raise ValueError(
-            f'selection must be one of {SELECTIONS}, got {selection!r}')
+    check_selection(sparsity, selection, min_density)
     if on_collapse not in _ON_COLLAPSE:
         raise ValueError(
             f'on_collapse must be one of {_ON_COLLAPSE}, got {on_collapse!r}')
-    if not 0.0 <= min_density <= 1.0:
-        raise ValueError(f'min_density must be in [0, 1], got {min_density}')
     if not scores:
         raise ValueError('scores is empty: there is nothing to prune')
     bad = [name for name, s in scores.items() if not torch.isfinite(s).all()]
@@ -166,10 +270,9 @@ def select_masks(scores: Mapping[str, Tensor],
     elif on_collapse == 'error':
         collapsed = [name for name, m in masks.items() if not m.any()]
         if collapsed:
+            sizes = [s.numel() for s in scores.values()]
             raise ValueError(
                 f'sparsity {sparsity} prunes every {unit} of '
                 f"{len(collapsed)} layer(s): {', '.join(collapsed)}. Keep a "
-                'floor per layer with min_density (e.g. min_density=0.01), '
-                "use selection='layerwise' (every layer keeps the same "
-                'fraction), or lower the sparsity.')
+                'floor per layer: ' + _fixes(sizes, sparsity, selection))
     return masks

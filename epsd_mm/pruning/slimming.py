@@ -28,28 +28,28 @@ built before slimming must be pointed at the new ones
 (:func:`rebind_optimizer`), and a DDP wrapper rebuilt.
 """
 import json
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .channels import CHANNEL_TYPES, ChannelGraph
+from .channels import CHANNEL_TYPES, ChannelGraph, torch_pruning
 from .masks import get_masks
 
 SPEC_FORMAT = 'epsd_mm.slim'
 SPEC_VERSION = 1
 
-_PRUNERS = tp.pruner.function.PrunerBox
 # Attribute of a slim model holding its spec (a plain dict, outside the
 # state dict: it describes shapes, not weights).
 _SPEC_ATTR = '_epsd_slim_spec'
 
 
-def _pruner(module: nn.Module) -> tp.pruner.function.BasePruningFunc:
-    return _PRUNERS[tp.ops.module2type(module)]
+def _pruner(module: nn.Module) -> Any:
+    """torch-pruning's pruning function for the type of ``module``."""
+    tp = torch_pruning()
+    return tp.pruner.function.PrunerBox[tp.ops.module2type(module)]
 
 
 def layer_channels(model: nn.Module) -> Dict[str, Tuple[str, int, int]]:

@@ -22,7 +22,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from conftest import make_tiny_cfg  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-import epsd_mm.engine.hooks.channel_pruning as channel_pruning  # noqa: E402
+import epsd_mm.pruning.pruner as channel_pruning  # noqa: E402
 from epsd_mm.pruning import get_slim_spec, layer_channels  # noqa: E402
 from epsd_mm.utils import (close_distributed,  # noqa: E402
                            setup_cpu_distributed)

@@ -11,7 +11,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS, DefaultScope
 from mmengine.runner import Runner
 
-from epsd_mm.engine import EarlyPruningHook, SlimCheckpointHook
+from epsd_mm.engine import EarlyPruningHook, PruningCheckpointHook
 from epsd_mm.pruning import (get_masks, get_slim_spec, layer_channels,
                              rebuild_slim)
 from epsd_mm.registry import MODELS
@@ -203,7 +203,7 @@ def test_load_from_slim_checkpoint(slim_run, tiny_cfg):
 def test_test_and_other_configs_evaluate_the_slim_network(
         slim_run, tiny_cfg, tmp_path):
     """The channel config, the weight config (warned about) and a config
-    without pruning hook (SlimCheckpointHook, as tools/test.py adds it) all
+    without pruning hook (PruningCheckpointHook, as tools/test.py adds it) all
     evaluate the same slim network."""
     metrics = {}
     for name, overrides in [('channel', CHANNEL), ('weight', {}),
@@ -214,7 +214,7 @@ def test_test_and_other_configs_evaluate_the_slim_network(
             _without_pruning(cfg)
         runner = Runner.from_cfg(cfg)
         if overrides is None:
-            runner.register_hook(SlimCheckpointHook())
+            runner.register_hook(PruningCheckpointHook())
         metrics[name] = runner.test()
         assert layer_channels(runner.model) == slim_run['channels']
         if name == 'weight':
@@ -270,7 +270,7 @@ def test_slim_checkpoint_without_spec_is_refused(slim_run, tiny_cfg,
     torch.save(checkpoint, path)
     cfg = _without_pruning(tiny_cfg({'load_from': str(path)}, max_iters=1))
     runner = Runner.from_cfg(cfg)
-    runner.register_hook(SlimCheckpointHook())
+    runner.register_hook(PruningCheckpointHook())
     with pytest.raises(ValueError) as info:
         runner.test()
     message = str(info.value)

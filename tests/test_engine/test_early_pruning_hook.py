@@ -68,9 +68,12 @@ def test_hook_in_demo_config_builds():
     hook = HOOKS.build(
         dict(type='epsd_mm.EarlyPruningHook', sparsity=0.9, num_batches=4))
     assert isinstance(hook, EarlyPruningHook)
-    assert hook.criterion == 'prospr' and hook.loss == 'sd'
-    assert hook.criterion_cfg == {}  # the criterion's own defaults apply
-    assert hook.rounds == 1
+    assert hook.pruner.criterion.name == 'prospr' and hook.loss == 'sd'
+    # the criterion's own defaults apply
+    assert hook.pruner.criterion.options == dict(
+        num_steps=3, lr=0.1, momentum=0.0, first_order=False,
+        memory_efficient=True)
+    assert hook.pruner.rounds == 1
     assert hook.priority == 'HIGHEST'
 
 
@@ -101,9 +104,10 @@ def test_prunes_before_train_sgd_momentum_weight_decay(tiny_cfg, tmp_path,
         assert torch.equal(ckpt['state_dict'][name][~mask],
                            torch.zeros(int((~mask).sum())))
     log = helpers.read_logs(str(tmp_path))
-    assert (f'EarlyPruningHook: scoring {NUM_BACKBONE_CONVS} layers with '
-            'prospr on the sd loss (2 batches' in log)
-    assert 'EarlyPruningHook: per-layer sparsity' in log
+    assert ('EarlyPruningHook: pruning weights of backbone with ProsPr('
+            'num_steps=1' in log)
+    assert 'on the sd loss (2 batches), target sparsity 0.9000' in log
+    assert 'EarlyPruningHook: per-layer result' in log
     assert re.search(r'total\s+[\d,]+\s+[\d,]+\s+10\.00%\s+90\.00%', log)
 
 
@@ -153,15 +157,15 @@ CRITERIA = [
     pytest.param('snip', 'task', 0.9, 0.0, NO_ZERO_INIT, id='snip-task'),
     pytest.param('grasp', 'task', 0.9, 0.0, NO_ZERO_INIT, id='grasp-task'),
     pytest.param('grasp', 'sd', 0.9, 0.0, NO_ZERO_INIT, id='grasp-sd'),
-    pytest.param('magnitude', 'sd', 0.9, 0.0, {}, id='magnitude'),
-    pytest.param('random', 'sd', 0.9, 0.0, {}, id='random'),
+    pytest.param('magnitude', None, 0.9, 0.0, {}, id='magnitude'),
+    pytest.param('random', None, 0.9, 0.0, {}, id='random'),
     # SynFlow legitimately prunes whole residual branches/shortcuts of a
     # ResNet at high sparsity: keep a floor.
-    pytest.param('synflow', 'sd', 0.9, 0.01, NO_ZERO_INIT, id='synflow'),
+    pytest.param('synflow', None, 0.9, 0.01, NO_ZERO_INIT, id='synflow'),
     # iterative SynFlow needs the target sparsity, which the hook passes
     pytest.param(
         'synflow',
-        'sd',
+        None,
         0.9,
         0.01, {
             **NO_ZERO_INIT, 'default_hooks.pruning.criterion_cfg':
@@ -198,11 +202,13 @@ def test_each_criterion_via_hook(tiny_cfg, tmp_path, helpers, criterion, loss,
             assert mask.sum() >= math.ceil(min_density * mask.numel())
             assert (params[name].detach()[~mask] == 0).all()
     log = helpers.read_logs(str(tmp_path))
-    # synflow takes its input shape from one batch
-    batches = {'magnitude': 0, 'random': 0, 'synflow': 1}.get(criterion, 2)
-    assert (f'with {criterion} on the {loss} loss ({batches} batches' in log)
+    if loss is not None:
+        assert f'on the {loss} loss (2 batches)' in log
+    else:  # data-free: no loss, no batches scored on
+        line = log.split('pruning weights of backbone')[1].splitlines()[0]
+        assert 'loss' not in line and 'batches' not in line
     if 'default_hooks.pruning.criterion_cfg' in extra:
-        assert "{'rounds': 3}" in log
+        assert 'SynFlow(input_shape=None, rounds=3' in log
 
 
 def test_scoring_loss_matters_and_is_deterministic(pruned_run, tiny_cfg,
@@ -290,7 +296,7 @@ def _assert_same_masks(model, saved):
 def test_resume_restores_masks_without_rescoring(pruned_run, tiny_cfg,
                                                  helpers):
     work_dir = pruned_run['work_dir']
-    assert 'EarlyPruningHook: scoring' in pruned_run['log']
+    assert 'EarlyPruningHook: pruning weights' in pruned_run['log']
     cfg = tiny_cfg({'train_cfg.val_interval': 100},
                    work_dir=work_dir,
                    max_iters=4)
@@ -301,7 +307,7 @@ def test_resume_restores_masks_without_rescoring(pruned_run, tiny_cfg,
     _assert_same_masks(model, pruned_run['masks'])
     log = _run_log(runner)
     assert 'restored from the checkpoint; not re-scoring (1/1 rounds done)' in log
-    assert 'EarlyPruningHook: scoring' not in log
+    assert 'EarlyPruningHook: pruning weights' not in log
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
     final = torch.load(osp.join(work_dir, 'iter_4.pth'))['state_dict']
     for name, mask in pruned_run['masks'].items():
@@ -321,7 +327,7 @@ def test_load_from_pruned_checkpoint_keeps_masks(pruned_run, tiny_cfg,
     _assert_same_masks(_model(runner), pruned_run['masks'])
     log = _run_log(runner)
     assert 'restored from the checkpoint; not re-scoring (1/1 rounds done)' in log
-    assert 'EarlyPruningHook: scoring' not in log
+    assert 'EarlyPruningHook: pruning weights' not in log
     assert f'Load checkpoint from {pruned_run["ckpt"]}' in log
 
 
@@ -463,8 +469,9 @@ def test_min_density_beyond_the_sparsity_budget_stops(tiny_cfg, tmp_path,
         'default_hooks.pruning.min_density': 0.01,
     })
     with pytest.raises(ValueError, match=r'min_density=0.01 keeps at least '
-                       r'\d+ weights .* more than the \d+ that sparsity '
-                       r'0.9999 keeps in total; lower min_density'):
+                       r'\d+ weights .* more than the 17 that sparsity '
+                       r'0.9999 keeps in total; use selection=.layerwise. '
+                       r'.*or a sparsity of at most 0.9998'):
         Runner.from_cfg(cfg).train()
     _no_checkpoint(tmp_path, helpers)
 
@@ -603,9 +610,9 @@ def test_rounds_reach_the_target_exactly(tiny_cfg, tmp_path, helpers):
     log = helpers.read_logs(str(tmp_path))
     targets = [1 - 0.1**(1 / 3), 1 - 0.1**(2 / 3), 0.9]
     for r, target in enumerate(targets, 1):
-        assert (f'round {r}/3: scoring 22 layers with prospr on the sd '
-                f'loss (2 batches' in log)
-        assert f'target sparsity {target:.4f}' in log
+        assert (f'round {r}/3: pruning weights of backbone with ProsPr('
+                in log)
+        assert f'(2 batches), target sparsity {target:.4f}' in log
 
 
 def test_rounds_between_iterations_resume_at_the_right_round(
@@ -630,7 +637,7 @@ def test_rounds_between_iterations_resume_at_the_right_round(
     log = _run_log(second)
     assert 'restored from the checkpoint; not re-scoring (2/3 rounds done)' in log
     assert 'round 1/3' not in log and 'round 2/3' not in log
-    assert 'round 3/3: scoring' in log
+    assert 'round 3/3: pruning weights' in log
     _assert_pruned(_model(second), 0.9)
 
 

@@ -6,7 +6,8 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
-from epsd_mm.engine import GradualPruningHook, UnprunedView, unwrap_model
+from epsd_mm.engine import GradualPruningHook, unwrap_model
+from epsd_mm.models import UnprunedView
 from epsd_mm.pruning import get_masks, prunable_parameters
 
 XCORR = {

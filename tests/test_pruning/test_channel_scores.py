@@ -6,9 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from epsd_mm.pruning.channel_scores import (channel_mask_gradients,
-                                            channel_sums,
-                                            compute_channel_scores)
+from epsd_mm.pruning import compute_channel_scores
 from epsd_mm.pruning.channels import ChannelGraph
 from epsd_mm.pruning.criteria.prospr import prospr_meta_gradients
 
@@ -120,8 +118,9 @@ def channel_loss_after_steps(model, graph, channel_masks, batches, lr):
 def test_prospr_channel_gradient_matches_finite_differences(images):
     model = ConvBNNet().train()
     graph = ChannelGraph(model, images[0])
-    grads = channel_mask_gradients(
-        graph, square_loss, images, num_steps=1, lr=0.1)
+    grads = graph.channel_sums(
+        prospr_meta_gradients(model, square_loss, images, graph.parameters(),
+                              num_steps=1, lr=0.1))
     assert list(grads) == ['backbone.0', 'backbone.3']
     eps = 1e-6
     for name, group in graph.groups.items():
@@ -147,9 +146,9 @@ def test_batchnorm_entries_carry_the_score(images):
     graph = ChannelGraph(model, images[0])
     element = prospr_meta_gradients(
         model, square_loss, images[:1], graph.parameters(), num_steps=0)
-    for group in graph.groups.values():
-        filters = channel_sums(element, group, filters_only=True)
-        total = channel_sums(element, group)
+    filter_sums = graph.channel_sums(element, filters_only=True)
+    for name, total in graph.channel_sums(element).items():
+        filters = filter_sums[name]
         assert filters.abs().max() < 1e-3 * total.abs().max()
         assert (total.abs() > 1e-6).all()
 
@@ -202,7 +201,10 @@ def test_random_scores_are_reproducible(seg_model):
 
 def test_invalid_criterion_and_missing_data(seg_model):
     graph = ChannelGraph(seg_model, torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match='unknown channel criterion .*grasp'):
+    with pytest.raises(ValueError, match="'grasp' scores weights only; .*"
+                       'magnitude, prospr, random, snip'):
         compute_channel_scores(graph, criterion='grasp')
+    with pytest.raises(ValueError, match="unknown pruning criterion 'snap'"):
+        compute_channel_scores(graph, criterion='snap')
     with pytest.raises(ValueError, match='needs `loss_fn`'):
         compute_channel_scores(graph, criterion='snip', batches=[1])

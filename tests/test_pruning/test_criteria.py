@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from epsd_mm.pruning import (SCORERS, apply_masks, compute_scores,
+from epsd_mm.pruning import (CRITERIA, apply_masks, compute_scores,
                              grasp_scores, magnitude_scores,
                              prunable_parameters, random_scores, select_masks,
                              snip_scores)
@@ -16,7 +16,7 @@ def criterion_kwargs(criterion):
     return SYNFLOW_KWARGS if criterion == 'synflow' else {}
 
 
-@pytest.mark.parametrize('criterion', sorted(SCORERS))
+@pytest.mark.parametrize('criterion', CRITERIA.names)
 def test_every_criterion_scores_every_weight_and_leaves_model_unchanged(
         criterion, seg_model, seg_batches, seg_loss_fn, assert_unchanged):
     params = prunable_parameters(seg_model)
@@ -32,7 +32,7 @@ def test_every_criterion_scores_every_weight_and_leaves_model_unchanged(
         assert score.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize('criterion', sorted(SCORERS))
+@pytest.mark.parametrize('criterion', CRITERIA.names)
 @pytest.mark.parametrize('scope', ['global', 'layerwise'])
 def test_masks_from_every_criterion_have_exact_sparsity(
         criterion, scope, seg_model, seg_batches, seg_loss_fn):
@@ -56,7 +56,7 @@ def test_unknown_criterion_lists_valid_names(seg_model):
     with pytest.raises(ValueError) as info:
         compute_scores(seg_model, criterion='snap')
     assert "'snap'" in str(info.value)
-    for name in SCORERS:
+    for name in CRITERIA.names:
         assert name in str(info.value)
 
 

@@ -151,7 +151,7 @@ def test_params_must_belong_to_the_model(seg_model, seg_batches,
 
 
 def test_empty_batches_rejected(seg_model, seg_loss_fn):
-    with pytest.raises(ValueError, match='batches is empty'):
+    with pytest.raises(ValueError, match='needs `batches`, got none'):
         compute_scores(seg_model, seg_loss_fn, [])
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 
-from epsd_mm.pruning.channel_scores import compute_channel_scores
+from epsd_mm.pruning import compute_channel_scores
 from epsd_mm.pruning.channel_selection import select_channels
 from epsd_mm.pruning.channels import ChannelGraph
 from epsd_mm.pruning.masks import apply_masks

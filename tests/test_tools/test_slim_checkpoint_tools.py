@@ -72,7 +72,7 @@ def test_test_tool_rebuilds_slim_under_a_dense_config(slim_run, helpers,
         str(tmp_path),
         cwd=str(tmp_path))
     assert proc.returncode == 0, _failure(proc)
-    assert 'SlimCheckpointHook: rebuilt the slim architecture' in proc.stdout
+    assert 'PruningCheckpointHook: rebuilt the slim architecture' in proc.stdout
     assert 0 <= float(re.search(r'mIoU: ([\d.]+)',
                                 _metrics(proc.stdout)).group(1)) <= 100
 

@@ -22,8 +22,7 @@ from epsd_mm.deploy import (format_complexity_table, input_shape_from_cfg,
                             model_complexity, zero_weight_masks)
 from epsd_mm.deploy.checkpoint import (build_masked_model, build_model,
                                        load_checkpoint_dict)
-from epsd_mm.models import slim_spec_of_checkpoint
-from epsd_mm.pruning import get_masks
+from epsd_mm.pruning import PruningRecord, get_masks
 from epsd_mm.utils import register_checkpoint_safe_globals
 
 
@@ -64,7 +63,7 @@ def main() -> None:
         source = 'none (no checkpoint: the dense network)'
     else:
         checkpoint = load_checkpoint_dict(args.checkpoint)
-        slim_spec = slim_spec_of_checkpoint(checkpoint)
+        slim_spec = PruningRecord.from_checkpoint(checkpoint).slim_spec
         model = build_masked_model(cfg, checkpoint['state_dict'],
                                    args.checkpoint, slim_spec)
         source = (f'the masks of {args.checkpoint}' if get_masks(model) else

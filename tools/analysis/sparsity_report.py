@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mmengine.runner import CheckpointLoader  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from epsd_mm.engine.hooks.mask_hook import META_KEY  # noqa: E402
-from epsd_mm.pruning import (LayerSparsity, check_masked_state_dict,  # noqa
+from epsd_mm.pruning import (LayerSparsity, PruningRecord,  # noqa: E402
+                             check_masked_state_dict,
                              format_sparsity_table, masked_param_names,
                              rename_legacy_mask_keys, sparsity_stats)
 from epsd_mm.utils import register_checkpoint_safe_globals  # noqa: E402
@@ -39,9 +39,9 @@ def load_pruned(path: str) -> Tuple[Dict[str, Tensor], Optional[float]]:
             f'{path} holds no pruning masks: it was not pruned by epsd_mm '
             '(train with EarlyPruningHook or GradualPruningHook in '
             'default_hooks).')
-    records = checkpoint.get('meta', {}).get(META_KEY, {})
-    targets = [r['config']['sparsity'] for r in records.values()
-               if 'sparsity' in r.get('config', {})]
+    stages = PruningRecord.from_checkpoint(checkpoint).stages
+    targets = [s['config']['sparsity'] for s in stages.values()
+               if 'sparsity' in s.get('config', {})]
     return weights, (max(targets) if targets else None)
 
 

@@ -1,13 +1,10 @@
-from .early_pruning_hook import EarlyPruningHook, ScoringProgress
+from .early_pruning_hook import EarlyPruningHook
 from .finite_loss_hook import FiniteLossHook
-from .gradual_pruning_hook import GradualPruningHook, UnprunedView
-from .mask_hook import BaseMaskHook, unwrap_model
+from .gradual_pruning_hook import GradualPruningHook
+from .pruning_checkpoint_hook import PruningCheckpointHook
 from .self_distill_hook import SelfDistillHook
-from .slim_checkpoint_hook import SlimCheckpointHook, SlimCheckpointMixin
 
 __all__ = [
-    'BaseMaskHook', 'EarlyPruningHook', 'FiniteLossHook',
-    'GradualPruningHook', 'ScoringProgress', 'SelfDistillHook',
-    'SlimCheckpointHook', 'SlimCheckpointMixin', 'UnprunedView',
-    'unwrap_model'
+    'EarlyPruningHook', 'FiniteLossHook', 'GradualPruningHook',
+    'PruningCheckpointHook', 'SelfDistillHook'
 ]

@@ -5,72 +5,45 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from epsd_mm.pruning import (SELECTIONS, apply_masks, magnitude_scores,
-                             normalize_scopes, overall_sparsity,
-                             prunable_parameters, select_masks,
-                             sparsity_stats)
-from epsd_mm.pruning.functional import call_with_tensors
+from epsd_mm.models.unpruned_view import UnprunedView
+from epsd_mm.pruning import (WeightPruner, overall_sparsity,
+                             prunable_parameters, sparsity_stats)
 from epsd_mm.registry import HOOKS
-from .mask_hook import BaseMaskHook, unwrap_model
+from ..runner_utils import broadcast_from_rank0, unwrap_model
+from .pruning_checkpoint_hook import PruningCheckpointHook, complexity
 
-PRUNED_KEY = 'pruned_weight_values'
 
-
-class UnprunedView:
-    """A model with its masks lifted, as a no-gradient teacher.
-
-    Its parameters are the model's live weights plus, at pruned positions,
-    the values those weights had when they were cut, so the view is "the
-    same network, unpruned". BatchNorm buffers are copies: the teacher's
-    forward never changes the student's running statistics.
-
-    Args:
-        model (nn.Module): The pruned self-distilling model.
-        pruned_values (dict[str, Tensor]): Parameter name to a tensor holding
-            the cut values at pruned positions and zeros elsewhere.
-    """
-
-    def __init__(self, model: nn.Module, pruned_values: Dict[str,
-                                                             Tensor]) -> None:
-        self.model = model
-        self.pruned_values = pruned_values
-
-    def sd_forward(self, inputs: Tensor) -> Any:
-        tensors = {
-            name: param.detach() + self.pruned_values[name]
-            if name in self.pruned_values else param.detach()
-            for name, param in self.model.named_parameters()
-        }
-        tensors.update(
-            {name: buf.clone()
-             for name, buf in self.model.named_buffers()})
-        with torch.no_grad():
-            return call_with_tensors(self.model, tensors,
-                                     lambda m, x: m.sd_forward(x), inputs)
+def cubic_sparsity(it: int, start: int, end: int, initial: float,
+                   final: float) -> float:
+    """The cubic schedule of Zhu & Gupta (2017) at iteration ``it``:
+    ``s_f + (s_0 - s_f) * (1 - (it - start) / (end - start)) ** 3``,
+    constant before ``start`` and after ``end``."""
+    progress = min(max((it - start) / (end - start), 0.0), 1.0)
+    return final + (initial - final) * (1 - progress)**3
 
 
 @HOOKS.register_module()
-class GradualPruningHook(BaseMaskHook):
+class GradualPruningHook(PruningCheckpointHook):
     """Self-distilled pruning (O'Neill et al.): prune gradually by magnitude
     and distil the pruned network from its unpruned self.
 
     From iteration ``start`` to ``end``, every ``interval`` iterations, the
-    smallest-magnitude prunable weights are cut so the sparsity follows the
-    cubic schedule of Zhu & Gupta,
-    ``s_t = s_f + (s_0 - s_f) * (1 - (t - start) / (end - start)) ** 3``.
-    Cut weights stay cut (exactly zero). The values they had when cut are
-    kept (and saved in checkpoints), and the model's SD method receives the
-    network with its masks lifted (:class:`UnprunedView`): with
-    ``sd=dict(type='CrossCorrelation')`` the backbone features of the pruned
-    network are pulled towards those of its unpruned self. Without an SD
-    method (a plain mmseg/mmdet model) the hook prunes by magnitude only.
+    smallest-magnitude prunable weights are cut (a
+    :class:`~epsd_mm.pruning.WeightPruner` with the ``magnitude``
+    criterion) so that the sparsity follows :func:`cubic_sparsity`. Cut
+    weights stay cut (exactly zero). The values they had when cut are kept
+    (in the checkpoints' pruning record), and the model's SD method
+    receives the network with its masks lifted
+    (:class:`~epsd_mm.models.unpruned_view.UnprunedView`): with
+    ``sd=dict(type='CrossCorrelation')`` the backbone features of the
+    pruned network are pulled towards those of its unpruned self. A plain
+    mmseg/mmdet model (no SD method) is pruned by magnitude only.
 
-    The schedule must reach ``sparsity`` within the run: a pruning step at
-    or after ``end`` must fall before ``max_iters``, or the run is refused
-    at start (it would otherwise stop short of the target silently). With
-    masks already present at start (e.g. an ``EarlyPruningHook`` pruned at
-    initialisation, "EPSD followed by gradual pruning"), pruning continues
-    from their sparsity; set ``initial_sparsity`` to it.
+    The schedule must reach ``sparsity`` within the run, or the run is
+    refused at start. With masks present at start (``EarlyPruningHook``
+    pruned at initialisation: EPSD followed by gradual pruning) pruning
+    continues from their sparsity; set ``initial_sparsity`` to it. A run
+    resumed under other settings than its checkpoint's stops.
 
     Args:
         sparsity (float): Final sparsity ``s_f`` in ``[0, 1)``.
@@ -100,27 +73,27 @@ class GradualPruningHook(BaseMaskHook):
         super().__init__()
         if not 0 <= initial_sparsity <= sparsity < 1:
             raise ValueError(
-                'GradualPruningHook: need 0 <= initial_sparsity <= sparsity '
-                f'< 1, got initial_sparsity={initial_sparsity}, sparsity='
+                f'{self.name}: need 0 <= initial_sparsity <= sparsity < 1, '
+                f'got initial_sparsity={initial_sparsity}, sparsity='
                 f'{sparsity}.')
         if interval < 1 or start < 0 or (end is not None and end <= start):
             raise ValueError(
-                'GradualPruningHook: need interval >= 1 and 0 <= start < end'
-                f', got interval={interval}, start={start}, end={end}.')
-        if selection not in SELECTIONS:
-            raise ValueError(f'GradualPruningHook: selection must be one of '
-                             f'{SELECTIONS}, got {selection!r}.')
-        if not 0.0 <= min_density <= 1.0:
-            raise ValueError('GradualPruningHook: min_density must be in '
-                             f'[0, 1], got {min_density}.')
-        self.sparsity = sparsity
+                f'{self.name}: need interval >= 1 and 0 <= start < end, got '
+                f'interval={interval}, start={start}, end={end}.')
+        try:
+            self.pruner = WeightPruner(
+                sparsity,
+                'magnitude',
+                scopes,
+                selection=selection,
+                min_density=min_density,
+                num_batches=0)
+        except ValueError as error:
+            raise ValueError(f'{self.name}: {error}') from None
         self.start = start
         self.end = end
         self.interval = interval
         self.initial_sparsity = initial_sparsity
-        self.scopes = normalize_scopes(scopes)
-        self.selection = selection
-        self.min_density = min_density
         self.pruned_values: Dict[str, Tensor] = {}
 
     def schedule_end(self, max_iters: int) -> int:
@@ -131,45 +104,52 @@ class GradualPruningHook(BaseMaskHook):
 
     def sparsity_at(self, it: int, max_iters: int) -> float:
         """Target sparsity of the schedule at iteration ``it``."""
-        end = self.schedule_end(max_iters)
-        progress = min(max((it - self.start) / (end - self.start), 0.0), 1.0)
-        return self.sparsity + (self.initial_sparsity -
-                                self.sparsity) * (1 - progress)**3
+        return cubic_sparsity(it, self.start, self.schedule_end(max_iters),
+                              self.initial_sparsity, self.pruner.sparsity)
 
     def pruning_config(self) -> Dict[str, Any]:
         return dict(
-            sparsity=self.sparsity,
-            scopes=list(self.scopes),
-            selection=self.selection)
+            self.pruner.config(),
+            start=self.start,
+            end=self.end,
+            interval=self.interval,
+            initial_sparsity=self.initial_sparsity)
+
+    def pruning_state(self) -> Dict[str, Tensor]:
+        return dict(pruned_values=self.pruned_values)
+
+    def restore_stage(self, stage: Dict[str, Any], state: dict) -> None:
+        self.pruned_values = dict(state.get('pruned_values', {}))
 
     def before_run(self, runner) -> None:
         try:
-            prunable_parameters(unwrap_model(runner.model), self.scopes)
+            prunable_parameters(unwrap_model(runner.model),
+                                self.pruner.scopes)
         except ValueError as error:
-            raise ValueError(f'GradualPruningHook: {error}') from None
+            raise ValueError(f'{self.name}: {error}') from None
 
     def check_schedule(self, max_iters: int) -> None:
-        """Refuse a schedule that cannot reach its target in ``max_iters``.
-        """
+        """Refuse a schedule that cannot reach its target in
+        ``max_iters``."""
         end = self.schedule_end(max_iters)
         # The first pruning step at or after `end` sets the final sparsity.
         last = self.start + math.ceil(
             (end - self.start) / self.interval) * self.interval
         if last >= max_iters:
             raise ValueError(
-                f'GradualPruningHook: the schedule reaches sparsity '
-                f'{self.sparsity} at iteration {last} (start={self.start}, '
-                f'end={end}, interval={self.interval}), but training stops '
-                f'at max_iters={max_iters}, so the target would never be '
-                'reached. Lower end (or start/interval) so that a pruning '
-                'step at or after end falls before max_iters.')
+                f'{self.name}: the schedule reaches sparsity '
+                f'{self.pruner.sparsity} at iteration {last} (start='
+                f'{self.start}, end={end}, interval={self.interval}), but '
+                f'training stops at max_iters={max_iters}, so the target '
+                'would never be reached. Lower end (or start/interval) so '
+                'that a pruning step at or after end falls before max_iters.')
 
     def before_train(self, runner) -> None:
         self.check_schedule(runner.max_iters)
-        if self.loaded_masks:
-            self.check_restored(runner)
+        super().before_train(runner)
+        if self.restored_pruning():
+            self.check_restored()
         self._share_unpruned_view(unwrap_model(runner.model))
-        self.enforce(runner)
 
     def _share_unpruned_view(self, model: nn.Module) -> None:
         """Hand the SD method the network with its masks lifted (None until
@@ -187,33 +167,22 @@ class GradualPruningHook(BaseMaskHook):
             return
         target = self.sparsity_at(it, runner.max_iters)
         model = unwrap_model(runner.model)
-        # Every prunable weight is masked from the first step on (global or
-        # layer-wise selection masks them all), so the masked weights' zeros
-        # are the sparsity so far.
-        current = overall_sparsity(sparsity_stats(model))
-        if target <= current + 1e-9:
+        # Every prunable weight is masked from the first step on, so the
+        # masked weights' zeros are the sparsity so far.
+        if target <= overall_sparsity(sparsity_stats(model)) + 1e-9:
             return
-        params = prunable_parameters(model, self.scopes)
-        new_masks = select_masks(
-            magnitude_scores(params),
-            target,
-            selection=self.selection,
-            min_density=self.min_density)
-        with torch.no_grad():
-            for name, mask in new_masks.items():
-                cut = params[name].detach() * ~mask
+        params = prunable_parameters(model, self.pruner.scopes)
+        weights = {n: p.detach().clone() for n, p in params.items()}
+        before = complexity(model) if target >= self.pruner.sparsity else None
+        report = self.pruner.prune_to(
+            model, target, broadcast=broadcast_from_rank0)
+        with torch.no_grad():  # pruned entries are zero in `weights` already
+            for name, param in params.items():
+                cut = weights[name] - param.detach()
                 self.pruned_values[name] = self.pruned_values.get(
                     name, torch.zeros_like(cut)) + cut
-        apply_masks(model, new_masks)
         self._share_unpruned_view(model)
-        runner.logger.info(
-            f'GradualPruningHook: iteration {it}, sparsity {target:.4f}')
-        if target >= self.sparsity - 1e-9:
-            self.log_sparsity(runner)
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint[PRUNED_KEY] = self.pruned_values
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        super().after_load_checkpoint(runner, checkpoint)
-        self.pruned_values = dict(checkpoint.get(PRUNED_KEY, {}))
+        runner.logger.info(f'{self.name}: iteration {it}, '
+                           f'{report.summary()}')
+        if before is not None:
+            self.log_pruning(runner, report.table, before)

@@ -2,7 +2,7 @@
 from mmengine.hooks import Hook
 
 from epsd_mm.registry import HOOKS
-from .mask_hook import is_training_run, unwrap_model
+from ..runner_utils import is_training_run, unwrap_model
 
 #: Top-level checkpoint key of the SD method's state.
 SD_STATE_KEY = 'sd_state'

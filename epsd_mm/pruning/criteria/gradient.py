@@ -5,22 +5,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..functional import (as_batch_list, call_with_tensors, preserved_state,
-                          scalar_loss)
+from ..functional import (as_batch_list, call_with_tensors, detached_leaves,
+                          preserved_state, scalar_loss)
+from .base import CRITERIA, Criterion, ScoringInputs
 
 LossFn = Callable[[nn.Module, Any], Tensor]
-
-
-def _leaves(params: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Fresh leaf tensors sharing storage with the weights.
-
-    Differentiating with respect to them never touches ``param.grad`` and
-    works for frozen weights too.
-    """
-    return {
-        name: w.detach().requires_grad_(True)
-        for name, w in params.items()
-    }
 
 
 def _grads(loss: Tensor, leaves: Dict[str, Tensor],
@@ -57,14 +46,14 @@ def _grad_sum(model: nn.Module,
     return grads
 
 
-def snip_scores(
+def snip_saliency(
         model: nn.Module,
         loss_fn: LossFn,
         batches: Iterable[Any],
         params: Mapping[str, Tensor],
         progress: Optional[Callable[[str, float], None]] = None
 ) -> Dict[str, Tensor]:
-    """SNIP connection sensitivity ``|w * dL/dw|``.
+    """Signed SNIP saliency ``w * dL/dw`` (``dL/dm`` of element masks).
 
     The gradient is summed over all ``batches``. The model (parameters,
     buffers, modes, ``.grad``) is left unchanged.
@@ -73,20 +62,40 @@ def snip_scores(
         model (nn.Module): The model, in the mode to score in.
         loss_fn (Callable): ``loss_fn(model, batch) -> scalar tensor``.
         batches (Iterable): Batches passed to ``loss_fn``.
-        params (Mapping[str, Tensor]): Prunable weights by name.
+        params (Mapping[str, Tensor]): Parameters to score by name.
         progress (Callable, optional): ``progress(message, fraction)``
             after every batch. Defaults to None.
 
     Returns:
-        dict[str, Tensor]: Non-negative scores, detached.
+        dict[str, Tensor]: Signed saliency per parameter, detached.
     """
     batches = as_batch_list(batches)
-    leaves = _leaves(params)
+    leaves = detached_leaves(params)
     with preserved_state(model):
         total = _grad_sum(model, loss_fn, batches, leaves, progress)
     return {
-        name: (w.detach() * g).abs()
+        name: w.detach() * g
         for (name, w), g in zip(leaves.items(), total)
+    }
+
+
+def snip_scores(
+        model: nn.Module,
+        loss_fn: LossFn,
+        batches: Iterable[Any],
+        params: Mapping[str, Tensor],
+        progress: Optional[Callable[[str, float], None]] = None
+) -> Dict[str, Tensor]:
+    """SNIP connection sensitivity ``|w * dL/dw|``, the absolute value of
+    :func:`snip_saliency` (see there for the arguments).
+
+    Returns:
+        dict[str, Tensor]: Non-negative scores, detached.
+    """
+    return {
+        name: s.abs()
+        for name, s in snip_saliency(model, loss_fn, batches, params,
+                                     progress).items()
     }
 
 
@@ -119,7 +128,7 @@ def grasp_scores(
         dict[str, Tensor]: ``w * Hg`` per weight, detached.
     """
     batches = as_batch_list(batches)
-    leaves = _leaves(params)
+    leaves = detached_leaves(params)
     hessian_grad = [torch.zeros_like(w) for w in leaves.values()]
     total = 2 * len(batches)
     with preserved_state(model):
@@ -138,3 +147,44 @@ def grasp_scores(
         name: w.detach() * hg
         for (name, w), hg in zip(leaves.items(), hessian_grad)
     }
+
+
+@CRITERIA.register('snip')
+class SNIP(Criterion):
+    """SNIP connection sensitivity (Lee et al., 2019), the gradient summed
+    over the scoring batches.
+
+    Weights: ``|w * dL/dw|``. Channels: ``|dL/dm_c|``, the signed saliency
+    summed over the channel's entries (on one batch it equals ProsPr with
+    ``num_steps=0``).
+    """
+
+    def _saliency(self, model: nn.Module, params: Mapping[str, Tensor],
+                  inputs: ScoringInputs) -> Dict[str, Tensor]:
+        self.check_inputs(inputs)
+        return snip_saliency(model, inputs.loss_fn, inputs.batches, params,
+                             inputs.progress)
+
+    def weight_scores(self, params: Mapping[str, Tensor],
+                      inputs: ScoringInputs) -> Dict[str, Tensor]:
+        saliency = self._saliency(inputs.model, params, inputs)
+        return {name: s.abs() for name, s in saliency.items()}
+
+    def channel_scores(self, graph, inputs: ScoringInputs) -> Dict[str, Tensor]:
+        saliency = self._saliency(graph.model, graph.parameters(), inputs)
+        return {
+            name: s.abs()
+            for name, s in graph.channel_sums(saliency).items()
+        }
+
+
+@CRITERIA.register('grasp')
+class GraSP(Criterion):
+    """GraSP gradient signal preservation (Wang et al., 2020), signed so
+    that the highest scores are kept: :func:`grasp_scores`. Weights only."""
+
+    def weight_scores(self, params: Mapping[str, Tensor],
+                      inputs: ScoringInputs) -> Dict[str, Tensor]:
+        self.check_inputs(inputs)
+        return grasp_scores(inputs.model, inputs.loss_fn, inputs.batches,
+                            params, inputs.progress)

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..functional import (Progress, as_batch_list, call_with_tensors,
                           preserved_state, scalar_loss)
+from .base import CRITERIA, Criterion, ScoringInputs
 
 LossFn = Callable[[nn.Module, Any], Tensor]
 
@@ -247,18 +248,6 @@ def num_loss_calls(group_size: int, num_steps: int, first_order: bool,
         return group_size * (num_steps + 1)
     replays = (num_steps - 1) * (num_steps - 2) // 2
     return group_size * (2 * num_steps + 1 + replays)
-
-
-def check_num_batches(num_batches: int, num_steps: int = 3, **_: Any) -> None:
-    """Check up front that ``num_batches`` scoring batches fit ProsPr's
-    loss evaluations (see :func:`evaluation_groups`); a fix-it error if not.
-
-    Args:
-        num_batches (int): Scoring batches to be drawn.
-        num_steps (int): Inner SGD steps ``M``. Defaults to 3.
-        **_: ProsPr's other options (ignored).
-    """
-    evaluation_groups(list(range(num_batches)), num_steps)
 
 
 def _check_state_methods(loss_fn: LossFn) -> None:
@@ -594,3 +583,63 @@ def _accumulate(loss: Tensor, inputs: List[Tensor]) -> None:
     if inputs:
         torch.autograd.backward(loss, inputs=inputs)
 
+
+
+@CRITERIA.register('prospr')
+class ProsPr(Criterion):
+    """ProsPr (prospect pruning), the criterion of EPSD: ``|dL(w_M)/dm|``
+    after ``num_steps`` SGD steps on the scoring loss.
+
+    Weights: :func:`prospr_scores`. Channels: the meta-gradient of a
+    channel's mask, the sum of the element-wise meta-gradients over the
+    channel's entries (:func:`~..channel_scores.channel_mask_gradients`),
+    in absolute value.
+
+    Args:
+        num_steps (int): Inner SGD steps ``M``. Defaults to 3.
+        lr (float): Inner learning rate. Defaults to 0.1.
+        momentum (float): Inner SGD momentum. Defaults to 0.0.
+        first_order (bool): Detach the inner gradients. Defaults to False.
+        memory_efficient (bool): Adjoint sweep with recomputation rather
+            than the unrolled graph. Defaults to True.
+    """
+
+    def __init__(self,
+                 num_steps: int = 3,
+                 lr: float = 0.1,
+                 momentum: float = 0.0,
+                 first_order: bool = False,
+                 memory_efficient: bool = True) -> None:
+        if not isinstance(num_steps, int) or num_steps < 0:
+            raise ValueError(
+                f'num_steps must be an integer >= 0, got {num_steps!r}')
+        self.num_steps = num_steps
+        self.lr = lr
+        self.momentum = momentum
+        self.first_order = first_order
+        self.memory_efficient = memory_efficient
+
+    def batches_needed(self, num_batches: int) -> int:
+        num_batches = super().batches_needed(num_batches)
+        evaluation_groups(list(range(num_batches)), self.num_steps)
+        return num_batches
+
+    def _meta_gradients(self, model: nn.Module, params: Mapping[str, Tensor],
+                        inputs: ScoringInputs) -> Dict[str, Tensor]:
+        self.check_inputs(inputs)
+        return prospr_meta_gradients(
+            model, inputs.loss_fn, inputs.batches, params, self.num_steps,
+            self.lr, self.momentum, self.first_order, self.memory_efficient,
+            inputs.progress)
+
+    def weight_scores(self, params: Mapping[str, Tensor],
+                      inputs: ScoringInputs) -> Dict[str, Tensor]:
+        grads = self._meta_gradients(inputs.model, params, inputs)
+        return {name: g.abs() for name, g in grads.items()}
+
+    def channel_scores(self, graph, inputs: ScoringInputs) -> Dict[str, Tensor]:
+        grads = self._meta_gradients(graph.model, graph.parameters(), inputs)
+        return {
+            name: g.abs()
+            for name, g in graph.channel_sums(grads).items()
+        }

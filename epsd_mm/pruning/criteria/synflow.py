@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..functional import call_with_tensors, preserved_state
+from ..functional import call_with_tensors, first_sample, preserved_state
 from ..selection import select_masks
+from .base import CRITERIA, Criterion, ScoringInputs
 
 
 def _forward(model: nn.Module, x: Tensor) -> Any:
@@ -23,28 +24,6 @@ def _sum_outputs(out: Any) -> Tensor:
         return sum(_sum_outputs(o) for o in out)
     raise TypeError('forward_fn must return a tensor or a non-empty '
                     f'list/tuple of tensors, got {type(out).__name__}')
-
-
-def _input_shape(batches: Optional[Iterable[Any]]) -> Tuple[int, ...]:
-    """Shape of one sample of the first batch, with batch size 1.
-
-    The sample tensor is the batch itself, its ``'inputs'`` entry (MMEngine
-    models) or its first element (``(inputs, targets)`` tuples).
-    """
-    for batch in batches or ():
-        x = batch
-        if isinstance(x, Mapping):
-            x = x.get('inputs')
-        elif isinstance(x, (list, tuple)) and x:
-            x = x[0]
-        if isinstance(x, Tensor) and x.dim() >= 1:
-            return (1, ) + tuple(x.shape[1:])
-        break
-    raise ValueError(
-        'synflow runs the network on an all-ones input and needs its shape: '
-        'pass input_shape=(1, C, H, W), or batches whose first element is '
-        "a tensor, a dict with an 'inputs' tensor or an (inputs, ...) "
-        'tuple to take it from')
 
 
 def synflow_scores(model: nn.Module,
@@ -108,7 +87,7 @@ def synflow_scores(model: nn.Module,
         raise ValueError('iterative SynFlow (rounds > 1) needs the target '
                          '`sparsity` to schedule the intermediate masks')
     if input_shape is None:
-        input_shape = _input_shape(batches)
+        input_shape = tuple(first_sample(batches, 'synflow').shape)
     forward_fn = forward_fn or _forward
     device = next(iter(params.values())).device
     ones = torch.ones(tuple(input_shape), dtype=dtype, device=device)
@@ -143,3 +122,40 @@ def synflow_scores(model: nn.Module,
                 masks = select_masks(
                     scores, 1.0 - density, on_collapse='allow')
     return scores
+
+
+@CRITERIA.register('synflow')
+class SynFlow(Criterion):
+    """SynFlow (Tanaka et al., 2020): :func:`synflow_scores`, data-free and
+    iterative. It runs the network on an all-ones input of one sample's
+    shape (``input_shape``, or taken from one batch). Weights only.
+
+    Args:
+        input_shape (Sequence[int], optional): ``(1, C, H, W)``. Defaults
+            to None (from the first scoring batch).
+        rounds (int): Scoring rounds ``n``. Defaults to 1.
+        dtype (torch.dtype): Dtype of the computation. Defaults to
+            ``torch.float64``.
+    """
+    data = 'input'
+
+    def __init__(self,
+                 input_shape: Optional[Sequence[int]] = None,
+                 rounds: int = 1,
+                 dtype: torch.dtype = torch.float64) -> None:
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f'rounds must be an integer >= 1, got {rounds!r}')
+        self.input_shape = input_shape
+        self.rounds = rounds
+        self.dtype = dtype
+        self.uses_sparsity = rounds > 1
+
+    def batches_needed(self, num_batches: int) -> int:
+        return 1 if self.input_shape is None else 0
+
+    def weight_scores(self, params: Mapping[str, Tensor],
+                      inputs: ScoringInputs) -> Dict[str, Tensor]:
+        return synflow_scores(inputs.model, params, inputs.batches,
+                              self.input_shape, inputs.forward_fn,
+                              inputs.sparsity, self.rounds, self.dtype,
+                              inputs.progress)

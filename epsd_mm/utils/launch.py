@@ -1,0 +1,109 @@
+"""What ``tools/train.py`` and ``tools/test.py`` share: arguments, config
+set-up, checks before anything is built, and the run itself."""
+import argparse
+import os
+import os.path as osp
+from typing import Callable, Sequence
+
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments both tools take (mmseg's names)."""
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file, e.g. '
+        'default_hooks.pruning.sparsity=0.8')
+    parser.add_argument(
+        '--data-root',
+        help="the data_root of every dataset of the config (train, val and "
+        "test); the same as setting each dataset's data_root key with "
+        '--cfg-options')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torchrun passes LOCAL_RANK through the environment; the argument is
+    # kept for launchers that still pass it on the command line.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_common_args(parser: argparse.ArgumentParser,
+                      argv: Sequence[str] = None) -> argparse.Namespace:
+    """Parse, refusing a top-level ``data_root`` override (it would reach no
+    dataset) and exporting ``LOCAL_RANK``."""
+    args = parser.parse_args(argv)
+    if args.cfg_options and 'data_root' in args.cfg_options:
+        # The config copied its data_root variable into every dataset when
+        # it was read; a top-level data_root would reach none of them.
+        parser.error(
+            '--cfg-options data_root=... does not reach the datasets (the '
+            'config copied data_root into each of them when it was read). '
+            "Use --data-root DIR, or set each dataset's key, e.g. "
+            'val_dataloader.dataset.data_root=DIR.')
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """The config of ``args.config`` with the command line applied
+    (launcher, ``--cfg-options``, ``--work-dir``, ``--data-root``)."""
+    from epsd_mm.datasets.config_datasets import set_data_root
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+    if args.data_root is not None:
+        set_data_root(cfg, args.data_root)
+    return cfg
+
+
+def run(cfg: Config, dataloaders: Sequence[str],
+        action: Callable[[Runner], None]) -> None:
+    """Check the data the run reads, build the Runner and run ``action``.
+
+    Every run gets a :class:`~epsd_mm.engine.PruningCheckpointHook` unless
+    its config has a pruning hook (they derive from it), so pruned
+    checkpoints load under any config.
+
+    Args:
+        cfg (Config): The config.
+        dataloaders (Sequence[str]): The dataloader keys the run reads
+            (their datasets are checked first; their evaluators' CAM
+            threshold too).
+        action (Callable): E.g. ``Runner.train``.
+    """
+    from epsd_mm.datasets.checks import check_datasets
+    from epsd_mm.engine import PruningCheckpointHook
+    from epsd_mm.evaluation.config_checks import check_cam_threshold
+    from epsd_mm.registry import RUNNERS
+    from .checkpoint import register_checkpoint_safe_globals
+    from .dist import close_distributed, setup_cpu_distributed
+
+    # resume / load_from read MMEngine checkpoints with torch's weights_only
+    # loader (see epsd_mm.utils.checkpoint)
+    register_checkpoint_safe_globals()
+    check_datasets(cfg, tuple(dataloaders))
+    check_cam_threshold(cfg, tuple(
+        key.replace('dataloader', 'evaluator') for key in dataloaders
+        if key != 'train_dataloader'))
+    # torchrun on CPU-only machines (gloo): MMEngine would ask for CUDA
+    setup_cpu_distributed(cfg)
+    runner = (Runner.from_cfg(cfg)
+              if 'runner_type' not in cfg else RUNNERS.build(cfg))
+    if not any(isinstance(h, PruningCheckpointHook) for h in runner.hooks):
+        runner.register_hook(PruningCheckpointHook())
+    action(runner)
+    close_distributed()
