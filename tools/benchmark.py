@@ -2,7 +2,8 @@
 
 Every number in one table comes from the same run, model, input size and
 batch, so the ratios are comparable; absolute times depend on the machine.
-Each section lives in ``tools/benchmarks/<section>.py``:
+Each section lives in ``benchmarks/<section>.py`` (the harness, outside
+the package and the user tools):
 
     scoring             wall time and peak memory of prospr (full /
                         first-order, M=1..3) relative to snip
@@ -31,8 +32,9 @@ import platform
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from benchmarks import SECTIONS
-from benchmarks.common import ROOT, versions
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from benchmarks import SECTIONS  # noqa: E402
+from benchmarks.common import ROOT, versions  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -5,7 +5,7 @@ import torch
 
 from epsd_mm.deploy.checkpoint import (build_masked_model, build_model,
                                        pruning_meta)
-from epsd_mm.pruning import MASK_SUFFIX
+from epsd_mm.pruning import MASK_SUFFIX, PruningRecord
 
 
 def test_build_model_leaves_the_config_alone(pruned):
@@ -29,27 +29,26 @@ def test_build_masked_model_refuses_masks_of_unknown_parameters(pruned):
         build_masked_model(pruned.cfg, state, 'ckpt.pth')
 
 
-def test_pruning_meta_reads_the_checkpoints_config(pruned):
-    cfg = copy.deepcopy(pruned.cfg)
-    cfg.default_hooks.pruning.criterion = 'snip'  # not what the run used
-    meta = pruning_meta(
-        torch.load(pruned.checkpoint), cfg, pruned.masks, 'ckpt.pth')
-    assert meta['criterion'] == 'prospr'
-    assert meta['config_source'] == "the checkpoint's meta['cfg']"
-    assert meta['hook_args']['sparsity'] == 0.9
-    assert meta['hook_args']['loss'] == 'sd'  # the hook's default
-
-
-def test_pruning_meta_falls_back_to_the_given_config(pruned):
-    cfg = copy.deepcopy(pruned.cfg)
-    cfg.default_hooks.pruning = dict(
-        type='epsd_mm.GradualPruningHook', sparsity=0.9)
-    meta = pruning_meta(dict(meta={}), cfg, pruned.masks, 'ckpt.pth')
-    assert meta['pruning_hook'] == 'GradualPruningHook'
-    assert meta['criterion'] == 'magnitude'
-    assert meta['config_source'] == cfg.filename
+def test_pruning_meta_reads_the_record(pruned):
+    checkpoint = torch.load(pruned.checkpoint)
+    record = PruningRecord()
+    record.set_stage(
+        'EarlyPruningHook', dict(criterion='prospr', sparsity=0.9),
+        dict(rounds_done=1))
+    record.write(checkpoint)
+    meta = pruning_meta(checkpoint, pruned.masks, 'ckpt.pth')
+    assert meta['criteria'] == {'EarlyPruningHook': 'prospr'}
+    assert meta['stages']['EarlyPruningHook']['config']['sparsity'] == 0.9
+    assert meta['sparsity'] == pytest.approx(pruned.sparsity, abs=1e-3)
     assert meta['pruned'] + sum(int(m.sum()) for m in pruned.masks.values()) \
         == meta['prunable']
-    cfg.default_hooks.pop('pruning')
-    meta = pruning_meta(dict(meta={}), cfg, pruned.masks, 'ckpt.pth')
-    assert meta['pruning_hook'] is None and meta['criterion'] is None
+    assert meta['channels'] is None
+
+
+def test_pruning_meta_of_a_checkpoint_without_record(pruned):
+    """Checkpoints of epsd_mm < 0.4 carry no record: the sparsity is still
+    measured, the criterion is unknown (not guessed from a config)."""
+    meta = pruning_meta(
+        torch.load(pruned.checkpoint), pruned.masks, 'ckpt.pth')
+    assert meta['criteria'] == {}
+    assert meta['sparsity'] == pytest.approx(pruned.sparsity, abs=1e-3)

@@ -13,8 +13,8 @@ from mmseg.datasets import PascalVOCDataset
 from epsd_mm.deploy import (export_pruned_checkpoint, identical_state_dicts,
                             load_sparse_checkpoint)
 from epsd_mm.deploy.checkpoint import build_model
-from epsd_mm.models import SLIM_SPEC_META_KEY, trace_forward
-from epsd_mm.pruning import (MASK_SUFFIX, ChannelGraph,
+from epsd_mm.models import trace_forward
+from epsd_mm.pruning import (MASK_SUFFIX, ChannelGraph, PruningRecord,
                              compute_channel_scores, get_slim_spec,
                              select_channels, slim_channels)
 from .conftest import randomise_batch_norms
@@ -129,14 +129,14 @@ def slim(pruned, tmp_path_factory):
         graph, criterion='random', generator=torch.Generator().manual_seed(0))
     spec = slim_channels(graph, select_channels(scores, 0.5))
     path = str(tmp / 'iter_3.pth')
-    torch.save(
-        dict(
-            meta={
-                SLIM_SPEC_META_KEY: spec,
-                'cfg': pruned.cfg.pretty_text,
-                'dataset_meta': dict(PascalVOCDataset.METAINFO)
-            },
-            state_dict=model.state_dict()), path)
+    checkpoint = dict(
+        meta={
+            'cfg': pruned.cfg.pretty_text,
+            'dataset_meta': dict(PascalVOCDataset.METAINFO)
+        },
+        state_dict=model.state_dict())
+    PruningRecord(slim_spec=spec).write(checkpoint)
+    torch.save(checkpoint, path)
     out_dir = str(tmp / 'deploy')
     result = export_pruned_checkpoint(
         pruned.cfg, path, out_dir, onnx=True, log=_quiet)

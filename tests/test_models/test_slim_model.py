@@ -8,12 +8,10 @@ from mmengine.registry import DefaultScope
 from mmengine.runner import load_checkpoint
 from mmseg.apis import init_model
 
-from epsd_mm.models import (SLIM_SPEC_META_KEY, build_slim_model,
-                            slim_model_cfg, slim_spec_of_checkpoint,
-                            trace_forward)
-from epsd_mm.pruning import (ChannelGraph, compute_channel_scores,
-                             get_slim_spec, layer_channels, select_channels,
-                             slim_channels)
+from epsd_mm.models import build_slim_model, slim_model_cfg, trace_forward
+from epsd_mm.pruning import (ChannelGraph, PruningRecord,
+                             compute_channel_scores, get_slim_spec,
+                             layer_channels, select_channels, slim_channels)
 from epsd_mm.registry import MODELS
 
 
@@ -29,20 +27,18 @@ def slim_checkpoint(tiny_cfg, tmp_path):
         graph, criterion='random', generator=torch.Generator().manual_seed(0))
     spec = slim_channels(graph, select_channels(scores, 0.5))
     path = str(tmp_path / 'slim.pth')
-    torch.save(
-        dict(
-            state_dict=model.state_dict(),
-            meta={
-                SLIM_SPEC_META_KEY: spec,
-                'dataset_meta': dict(classes=[str(i) for i in range(21)])
-            }), path)
+    checkpoint = dict(
+        state_dict=model.state_dict(),
+        meta={'dataset_meta': dict(classes=[str(i) for i in range(21)])})
+    PruningRecord(slim_spec=spec).write(checkpoint)
+    torch.save(checkpoint, path)
     return cfg.model, model.eval(), path
 
 
 def test_init_model_loads_slim_checkpoint_strictly(slim_checkpoint, tmp_path):
     model_cfg, slim, path = slim_checkpoint
     checkpoint = torch.load(path)
-    spec = slim_spec_of_checkpoint(checkpoint)
+    spec = PruningRecord.from_checkpoint(checkpoint).slim_spec
     deploy = Config(
         dict(
             default_scope='epsd_mm',
@@ -69,7 +65,7 @@ def test_init_model_loads_slim_checkpoint_strictly(slim_checkpoint, tmp_path):
 
 def test_slim_model_errors(slim_checkpoint):
     model_cfg, _, path = slim_checkpoint
-    spec = slim_spec_of_checkpoint(torch.load(path))
+    spec = PruningRecord.from_checkpoint(torch.load(path)).slim_spec
     with pytest.raises(TypeError, match='registered type of the dense'):
         build_slim_model(model_type=None, slim_spec=spec)
     wider = copy.deepcopy(model_cfg)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-TOOLS = osp.join(osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))), 'tools')
-sys.path.insert(0, TOOLS)
+ROOT = (osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
+sys.path.insert(0, ROOT)
 from benchmarks import common  # noqa: E402
 
 

@@ -11,7 +11,7 @@ from mmengine.analysis import FlopAnalyzer, parameter_count
 from mmengine.config import Config
 
 from epsd_mm.deploy.checkpoint import build_model
-from epsd_mm.models import SLIM_SPEC_META_KEY, trace_forward
+from epsd_mm.models import trace_forward
 from epsd_mm.pruning import (ChannelGraph, apply_masks,
                              compute_channel_scores, prunable_parameters,
                              random_scores, select_channels, select_masks,
@@ -89,8 +89,9 @@ def test_get_flops_of_a_slim_checkpoint(tiny, helpers, tmp_path):
         graph, criterion='random', generator=torch.Generator().manual_seed(0))
     spec = slim_channels(graph, select_channels(scores, 0.5))
     checkpoint = str(tmp_path / 'slim.pth')
+    # the layout of epsd_mm < 0.4 (slim spec under its own meta key) is read
     torch.save(
-        dict(meta={SLIM_SPEC_META_KEY: spec}, state_dict=model.state_dict()),
+        dict(meta={'epsd_slim_spec': spec}, state_dict=model.state_dict()),
         checkpoint)
     out = _get_flops(helpers, cfg_path, checkpoint)
     dense_part, slim_part = out.split('slim architecture of')

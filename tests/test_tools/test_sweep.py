@@ -9,9 +9,9 @@ import pytest
 
 from epsd_mm.engine.hooks import EarlyPruningHook
 
-TOOLS = osp.join(osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))), 'tools')
-sys.path.insert(0, TOOLS)
+ROOT = (osp.dirname(osp.dirname(osp.dirname(
+    osp.abspath(__file__)))))
+sys.path.insert(0, ROOT)
 from benchmarks import SECTIONS, sweep  # noqa: E402
 
 HOOK_HAS_ROUNDS = 'rounds' in inspect.signature(EarlyPruningHook).parameters

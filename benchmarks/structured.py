@@ -65,10 +65,8 @@ def seg_forward(model, inputs):
 def slim_copy(model, sparsity: float, seed: int = 0):
     """A copy of ``model`` with a fraction ``sparsity`` of every backbone
     channel group removed (random channels)."""
-    from epsd_mm.pruning.channel_scores import compute_channel_scores
-    from epsd_mm.pruning.channel_selection import select_channels
-    from epsd_mm.pruning.channels import ChannelGraph
-    from epsd_mm.pruning.slimming import slim_channels
+    from epsd_mm.pruning import (ChannelGraph, compute_channel_scores,
+                                 select_channels, slim_channels)
     slim = copy.deepcopy(model)
     graph = ChannelGraph(slim, torch.randn(1, 3, 64, 64), seg_forward)
     scores = compute_channel_scores(

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_DEMO = 'configs/demo/epsd_deeplab_voc_demo.py'
 CUB_DEMO = 'configs/demo/epsd_cam_cub_demo.py'
 SEGFORMER_DEMO = 'configs/demo/epsd_segformer_voc_demo.py'

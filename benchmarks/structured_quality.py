@@ -59,9 +59,8 @@ def slim_complexity(work_dir: str, size: int) -> Dict[str, int]:
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
 
-    from epsd_mm.engine.hooks.channel_pruning import model_complexity
-    from epsd_mm.models import slim_spec_of_checkpoint
-    from epsd_mm.pruning import rebuild_slim
+    from epsd_mm.deploy import model_complexity
+    from epsd_mm.pruning import PruningRecord, rebuild_slim
     from epsd_mm.registry import MODELS
     from epsd_mm.utils import register_checkpoint_safe_globals
     register_checkpoint_safe_globals()
@@ -70,10 +69,11 @@ def slim_complexity(work_dir: str, size: int) -> Dict[str, int]:
         checkpoint = torch.load(f.read().strip(), map_location='cpu')
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         model = MODELS.build(cfg.model)
-    spec = slim_spec_of_checkpoint(checkpoint)
+    spec = PruningRecord.from_checkpoint(checkpoint).slim_spec
     if spec is not None:
         rebuild_slim(model, spec)
-    return model_complexity(model, torch.randn(1, 3, size, size))
+    total = model_complexity(model.eval(), torch.randn(1, 3, size, size))[-1]
+    return dict(params=total.params, flops=total.flops)
 
 
 def _mean_std(values: Sequence[float]) -> str:
