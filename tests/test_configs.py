@@ -14,8 +14,7 @@ import epsd_mm  # noqa: F401
 from epsd_mm.engine import (EarlyPruningHook, GradualPruningHook,
                             SelfDistillHook)
 from epsd_mm.models import trace_forward
-from epsd_mm.pruning import (ChannelGraph, criterion_options,
-                             prunable_parameters)
+from epsd_mm.pruning import CRITERIA, ChannelGraph, prunable_parameters
 from epsd_mm.sd_methods import CrossCorrelation
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -24,6 +23,12 @@ CONFIGS = sorted(
     for path in glob.glob(osp.join(REPO_ROOT, 'configs', '**', '*.py'),
                           recursive=True)
     if '_base_' not in osp.relpath(path, REPO_ROOT).split(osp.sep))
+
+
+def _default_options(hook) -> bool:
+    """Whether the hook's criterion runs with its own defaults."""
+    criterion = hook.pruner.criterion
+    return criterion.options == type(criterion)().options
 
 
 def _load(rel_path):
@@ -67,11 +72,11 @@ def test_config_builds(rel_path):
     if isinstance(pruning, GradualPruningHook):
         # self-distilled pruning distils from the unpruned self
         assert isinstance(sd, CrossCorrelation)
-        assert prunable_parameters(model, pruning.scopes)
+        assert prunable_parameters(model, pruning.pruner.scopes)
     elif pruning is not None:
         assert isinstance(pruning, EarlyPruningHook)
         # the pruning scope holds prunable layers of the built model
-        assert prunable_parameters(model, pruning.scopes)
+        assert prunable_parameters(model, pruning.pruner.scopes)
         if pruning.loss == 'sd':
             assert sd is not None, 'EPSD scores with the SD loss'
     if 'self_distill' in hooks:
@@ -90,7 +95,7 @@ VOC_VARIANTS = {
     'configs/deeplab_voc/epsd_cskd.py': ('prospr', 'sd', 'CSKD'),
     'configs/deeplab_voc/simple_combination.py': ('prospr', 'task', 'DLB'),
     'configs/deeplab_voc/snip_sd.py': ('snip', 'task', 'DLB'),
-    'configs/deeplab_voc/random_sd.py': ('random', 'sd', 'DLB'),
+    'configs/deeplab_voc/random_sd.py': ('random', None, 'DLB'),
 }
 
 
@@ -114,13 +119,13 @@ def test_voc_variants_are_what_they_say(rel_path):
         return
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         hook = HOOKS.build(pruning)
-    assert hook.sparsity == 0.9
-    assert hook.criterion == criterion and hook.loss == loss
-    assert hook.scopes == ('backbone', )
+    assert hook.pruner.sparsity == 0.9
+    assert hook.pruner.criterion.name == criterion and hook.loss == loss
+    assert hook.pruner.scopes == ('backbone', )
     if criterion == 'prospr':  # EPSD's defaults are the criterion's own
-        assert hook.criterion_cfg == {}
+        assert _default_options(hook)
         assert {
-            k: criterion_options('prospr')[k]
+            k: CRITERIA.build('prospr').options[k]
             for k in ('num_steps', 'lr', 'first_order')
         } == dict(num_steps=3, lr=0.1, first_order=False)
     if sd_type == 'DLB':
@@ -162,13 +167,13 @@ CHANNEL_VARIANTS = {
     'configs/deeplab_voc/epsd_channel.py': ('prospr', 'sd', 'DLB'),
     'configs/deeplab_voc/simple_combination_channel.py':
     ('prospr', 'task', 'DLB'),
-    'configs/deeplab_voc/l1_channel.py': ('magnitude', 'sd', 'DLB'),
-    'configs/deeplab_voc/random_channel.py': ('random', 'sd', 'DLB'),
+    'configs/deeplab_voc/l1_channel.py': ('magnitude', None, 'DLB'),
+    'configs/deeplab_voc/random_channel.py': ('random', None, 'DLB'),
     'configs/cam_cub/epsd_channel.py': ('prospr', 'sd', 'CSKD'),
     'configs/cam_cub/simple_combination_channel.py':
     ('prospr', 'task', 'CSKD'),
-    'configs/cam_cub/l1_channel.py': ('magnitude', 'sd', 'CSKD'),
-    'configs/cam_cub/random_channel.py': ('random', 'sd', 'CSKD'),
+    'configs/cam_cub/l1_channel.py': ('magnitude', None, 'CSKD'),
+    'configs/cam_cub/random_channel.py': ('random', None, 'CSKD'),
     'configs/demo/epsd_channel_deeplab_voc_demo.py': ('prospr', 'sd', 'DLB'),
     'configs/demo/epsd_channel_cam_cub_demo.py': ('prospr', 'sd', 'CSKD'),
 }
@@ -193,11 +198,11 @@ def test_channel_variants_are_what_they_say(rel_path):
     assert cfg.model.sd.type == sd_type
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         hook = HOOKS.build(cfg.default_hooks.pruning)
-    assert hook.granularity == 'channel'
-    assert hook.criterion == criterion and hook.loss == loss
-    assert hook.sparsity == 0.5 and hook.min_density == 0.05
-    assert hook.selection == 'global' and hook.rounds == 1
-    assert hook.scopes == ('backbone', ) and hook.criterion_cfg == {}
+    assert hook.pruner.granularity == 'channel'
+    assert hook.pruner.criterion.name == criterion and hook.loss == loss
+    assert hook.pruner.sparsity == 0.5 and hook.pruner.min_density == 0.05
+    assert hook.pruner.selection == 'global' and hook.pruner.rounds == 1
+    assert hook.pruner.scopes == ('backbone', ) and _default_options(hook)
 
 
 @pytest.mark.parametrize('rel_path', [
@@ -212,7 +217,7 @@ def test_channel_demo_models_trace_into_groups(rel_path):
         model = MODELS.build(cfg.model)
         hook = HOOKS.build(cfg.default_hooks.pruning)
     graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
-                         hook.scopes)
+                         hook.pruner.scopes)
     cut = {m for group in graph.groups.values() for m in group.modules}
     assert cut and all(m.startswith('backbone.') for m in cut)
 
@@ -234,7 +239,7 @@ CLS_VARIANTS = {
     'epsd_cskd': ('prospr', 'sd', 'CSKD'),
     'simple_combination': ('prospr', 'task', 'DLB'),
     'snip_sd': ('snip', 'task', 'DLB'),
-    'random_sd': ('random', 'sd', 'DLB'),
+    'random_sd': ('random', None, 'DLB'),
 }
 
 
@@ -287,9 +292,9 @@ def test_cls_variants_are_what_they_say(family, variant):
         return
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         hook = HOOKS.build(pruning)
-    assert hook.sparsity == sparsity
-    assert hook.criterion == criterion and hook.loss == loss
-    assert hook.scopes == ('backbone', ) and hook.rounds == 1
-    assert hook.granularity == 'weight' and hook.criterion_cfg == {}
+    assert hook.pruner.sparsity == sparsity
+    assert hook.pruner.criterion.name == criterion and hook.loss == loss
+    assert hook.pruner.scopes == ('backbone', ) and hook.pruner.rounds == 1
+    assert hook.pruner.granularity == 'weight' and _default_options(hook)
     if variant == 'epsd_dlb':
         assert cfg.default_hooks == main.default_hooks
