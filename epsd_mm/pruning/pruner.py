@@ -35,7 +35,7 @@ from .params import Scopes, normalize_scopes, prunable_parameters
 from .record import to_plain
 from .score_cache import ScoreCache, rng_state
 from .selection import (check_floors_fit, check_selection, check_sparsity,
-                        select_masks)
+                        max_sparsity_with_one_each, select_masks)
 from .slimming import format_slim_table, get_slim_spec, slim_channels
 from .stats import format_sparsity_table, overall_sparsity, sparsity_stats
 
@@ -496,6 +496,13 @@ class ChannelPruner(Pruner):
         dense = (earlier['channels']['total']
                  if earlier and 'channels' in earlier else graph.num_channels)
         kept = round((1.0 - target) * dense)
+        if kept < len(graph.groups):
+            sizes = [g.num_channels for g in graph.groups.values()]
+            raise ValueError(
+                f'sparsity {target} keeps {kept} of the {dense} channels in '
+                f'scope, fewer than one in each of its {len(sizes)} channel '
+                'groups; use a sparsity of at most '
+                f'{max_sparsity_with_one_each(sizes)} or widen the scopes')
         return max(0.0, 1.0 - kept / graph.num_channels)
 
     def _score(self, units: ChannelGraph,

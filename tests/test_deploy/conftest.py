@@ -7,8 +7,9 @@ from mmseg.datasets import PascalVOCDataset
 from torch import nn
 
 from epsd_mm.deploy.checkpoint import build_model
-from epsd_mm.pruning import (apply_masks, prunable_parameters, random_scores,
-                             register_mask_enforcement, select_masks)
+from epsd_mm.pruning import (PruningRecord, apply_masks, prunable_parameters,
+                             random_scores, register_mask_enforcement,
+                             select_masks)
 
 SPARSITY = 0.9
 
@@ -34,8 +35,8 @@ def randomise_batch_norms(model: nn.Module, seed: int = 0) -> None:
 def pruned(voc_root, tmp_path_factory, helpers) -> SimpleNamespace:
     """The tiny config (file), its model pruned to 90% with random masks,
     and a checkpoint of it holding what runs store next to the weights:
-    optimizer state, a PS-KD teacher, GradualPruningHook's pruned values,
-    and the config text and dataset meta in ``meta``."""
+    optimizer state, a PS-KD teacher, the pruning record (with
+    GradualPruningHook's pruned values), the config text and dataset meta."""
     tmp = tmp_path_factory.mktemp('pruned')
     cfg = helpers.make_tiny_cfg(voc_root, str(tmp / 'work'))
     cfg_path = str(tmp / 'tiny_epsd.py')
@@ -61,9 +62,16 @@ def pruned(voc_root, tmp_path_factory, helpers) -> SimpleNamespace:
             iter=3),
         state_dict=model.state_dict(),
         optimizer=optimizer.state_dict(),
-        sd_teacher_state_dict=model.state_dict(),
-        pruned_weight_values={name: torch.zeros(1)
-                              for name in masks})
+        sd_teacher_state_dict=model.state_dict())
+    record = PruningRecord()
+    record.set_stage(
+        'EarlyPruningHook',
+        dict(granularity='weight', sparsity=SPARSITY, criterion='prospr',
+             loss='sd'), dict(rounds_done=1))
+    record.set_stage(
+        'GradualPruningHook', dict(criterion='magnitude', sparsity=SPARSITY),
+        state=dict(pruned_values={name: torch.zeros(1) for name in masks}))
+    record.write(checkpoint)
     ckpt_path = str(tmp / 'iter_3.pth')
     torch.save(checkpoint, ckpt_path)
     return SimpleNamespace(

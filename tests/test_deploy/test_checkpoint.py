@@ -33,11 +33,11 @@ def test_pruning_meta_reads_the_record(pruned):
     checkpoint = torch.load(pruned.checkpoint)
     record = PruningRecord()
     record.set_stage(
-        'EarlyPruningHook', dict(criterion='prospr', sparsity=0.9),
+        'EarlyPruningHook', dict(criterion='snip', sparsity=0.9),
         dict(rounds_done=1))
     record.write(checkpoint)
     meta = pruning_meta(checkpoint, pruned.masks, 'ckpt.pth')
-    assert meta['criteria'] == {'EarlyPruningHook': 'prospr'}
+    assert meta['criteria'] == {'EarlyPruningHook': 'snip'}
     assert meta['stages']['EarlyPruningHook']['config']['sparsity'] == 0.9
     assert meta['sparsity'] == pytest.approx(pruned.sparsity, abs=1e-3)
     assert meta['pruned'] + sum(int(m.sum()) for m in pruned.masks.values()) \
@@ -48,7 +48,8 @@ def test_pruning_meta_reads_the_record(pruned):
 def test_pruning_meta_of_a_checkpoint_without_record(pruned):
     """Checkpoints of epsd_mm < 0.4 carry no record: the sparsity is still
     measured, the criterion is unknown (not guessed from a config)."""
-    meta = pruning_meta(
-        torch.load(pruned.checkpoint), pruned.masks, 'ckpt.pth')
+    checkpoint = torch.load(pruned.checkpoint)
+    del checkpoint['meta']['epsd_pruning']
+    meta = pruning_meta(checkpoint, pruned.masks, 'ckpt.pth')
     assert meta['criteria'] == {}
     assert meta['sparsity'] == pytest.approx(pruned.sparsity, abs=1e-3)

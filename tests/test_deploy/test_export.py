@@ -44,9 +44,13 @@ def test_folded_is_a_plain_checkpoint(exported, pruned):
     pruning = meta['pruning']
     assert pruning == result.meta
     assert pruning['sparsity'] == pytest.approx(pruned.sparsity, abs=1e-4)
-    assert pruning['criterion'] == 'prospr'
-    assert pruning['pruning_hook'] == 'EarlyPruningHook'
-    assert pruning['config_source'] == "the checkpoint's meta['cfg']"
+    assert pruning['criteria'] == {
+        'EarlyPruningHook': 'prospr',
+        'GradualPruningHook': 'magnitude'
+    }
+    assert pruning['stages']['EarlyPruningHook']['progress'] == {
+        'rounds_done': 1
+    }
     assert pruning['source_checkpoint'] == osp.abspath(pruned.checkpoint)
     # strict loading into the deployed network: no missing/unexpected keys
     deploy_cfg = Config.fromfile(osp.join(out_dir, 'deploy_config.py'))

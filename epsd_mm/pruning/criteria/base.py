@@ -184,6 +184,12 @@ class CriterionRegistry:
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove the criterion registered as ``name`` (both its names)."""
+        cls = self.get(name)
+        for key in (self._canonical.pop(cls), cls.__name__):
+            self._classes.pop(key, None)
+
     @property
     def names(self) -> List[str]:
         """list[str]: The short names, sorted."""
