@@ -29,8 +29,7 @@ def _demo_model(size: int):
     """The deployed (plain) demo DeepLabV3 and an input of ``size``."""
     from mmengine.config import Config
 
-    from epsd_mm.deploy.checkpoint import build_model
-    from epsd_mm.deploy.config import deploy_config
+    from epsd_mm.deploy import build_model, deploy_config
     cfg, _ = deploy_config(Config.fromfile(osp.join(ROOT, SEG_DEMO)))
     return build_model(cfg), torch.randn(1, 3, size, size)
 

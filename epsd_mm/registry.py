@@ -127,3 +127,11 @@ LOG_PROCESSORS = Registry('log_processor', parent=MMENGINE_LOG_PROCESSORS)
 #: object per method owning its loss call, state and checkpoint entries.
 SD_METHODS = Registry(
     'sd_method', scope='epsd_mm', locations=['epsd_mm.sd_methods'])
+
+__all__ = [
+    'DATASETS', 'DATA_SAMPLERS', 'EVALUATOR', 'HOOKS', 'LOG_PROCESSORS',
+    'LOOPS', 'METRICS', 'MODELS', 'MODEL_WRAPPERS', 'OPTIMIZERS',
+    'OPTIM_WRAPPERS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS',
+    'RUNNERS', 'RUNNER_CONSTRUCTORS', 'Registry', 'SD_METHODS', 'TRANSFORMS',
+    'VISBACKENDS', 'VISUALIZERS', 'WEIGHT_INITIALIZERS', 'import_task_module'
+]

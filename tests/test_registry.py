@@ -68,7 +68,7 @@ def test_hook_builds_from_mmengine_root():
         dict(type='epsd_mm.EarlyPruningHook', sparsity=0.5,
              criterion='snip'))
     assert isinstance(hook, EarlyPruningHook)
-    assert hook.sparsity == 0.5 and hook.criterion == 'snip'
+    assert hook.pruner.sparsity == 0.5 and hook.pruner.criterion.name == 'snip'
 
 
 def test_epsd_config_builds_mmseg_segmentor(epsd_scope):

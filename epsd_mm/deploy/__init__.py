@@ -11,6 +11,7 @@ that work::
 
     print(format_complexity_table(model_complexity(model, inputs)))
 """
+from .checkpoint import build_model
 from .complexity import (PartComplexity, format_complexity_table,
                          model_complexity, zero_weight_masks)
 from .config import deploy_config, input_shape_from_cfg, plain_model_cfg
@@ -22,7 +23,7 @@ from .sparse import (SparseSummary, identical_state_dicts,
 
 __all__ = [
     'ExportResult', 'PartComplexity', 'SparseSummary', 'TensorModeModel',
-    'check_out_dir', 'deploy_config', 'export_onnx',
+    'build_model', 'check_out_dir', 'deploy_config', 'export_onnx',
     'export_pruned_checkpoint', 'fold_masks', 'format_complexity_table',
     'identical_state_dicts', 'input_shape_from_cfg', 'load_sparse_checkpoint',
     'model_complexity', 'onnx_max_abs_diff', 'plain_model_cfg',

@@ -12,8 +12,8 @@ from mmengine.registry import HOOKS, DefaultScope
 from mmengine.runner import Runner
 
 from epsd_mm.engine import EarlyPruningHook, PruningCheckpointHook
-from epsd_mm.pruning import (get_masks, get_slim_spec, layer_channels,
-                             rebuild_slim)
+from epsd_mm.pruning import (PruningRecord, get_masks, get_slim_spec,
+                             layer_channels, rebuild_slim)
 from epsd_mm.registry import MODELS
 
 CHANNEL = {
@@ -109,8 +109,9 @@ def test_channels_removed_before_training(slim_run):
     # the checkpoint holds fewer backbone parameters than the dense model
     dense_numel = _backbone_numel(slim_run['dense'].state_dict())
     assert _backbone_numel(checkpoint['state_dict']) < 0.5 * dense_numel
-    assert checkpoint['meta']['epsd_slim_spec'] == spec
-    recorded = checkpoint['meta']['epsd_pruning']['EarlyPruningHook']
+    record = PruningRecord.from_checkpoint(checkpoint)
+    assert record.slim_spec == spec
+    recorded = record.stages['EarlyPruningHook']
     assert recorded['config']['granularity'] == 'channel'
     # heads adapt their input channels only
     layer4 = model.backbone.layer4[1].conv2.out_channels
@@ -265,7 +266,7 @@ def test_slim_checkpoint_without_spec_is_refused(slim_run, tiny_cfg,
     """MMEngine alone would skip the unfitting tensors with a warning and
     evaluate random layers."""
     checkpoint = torch.load(slim_run['ckpt'], weights_only=False)
-    checkpoint['meta'].pop('epsd_slim_spec')
+    checkpoint['meta']['epsd_pruning']['slim_spec'] = None
     path = tmp_path / 'no_spec.pth'
     torch.save(checkpoint, path)
     cfg = _without_pruning(tiny_cfg({'load_from': str(path)}, max_iters=1))
@@ -282,7 +283,7 @@ def test_slim_checkpoint_without_spec_is_refused(slim_run, tiny_cfg,
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(granularity='filter'), 'granularity must be one of'),
-    (dict(criterion='grasp'), "unknown channel criterion 'grasp'"),
+    (dict(criterion='grasp'), "'grasp' scores weights only"),
     (dict(criterion='snip', criterion_cfg=dict(num_steps=1)),
      r"'snip' takes no option\(s\) \['num_steps'\]"),
     (dict(rounds=2, iters_between_rounds=5),
@@ -330,13 +331,15 @@ def test_rounds_compose_one_spec_and_pskd_sees_the_slim_network(
     # the composed spec rebuilds the final network from the dense one
     with DefaultScope.overwrite_default_scope('epsd_mm'):
         fresh = MODELS.build(cfg.model)
-    rebuild_slim(fresh, torch.load(str(tmp_path / 'iter_1.pth'))['meta'][
-        'epsd_slim_spec'])
+    rebuild_slim(
+        fresh,
+        PruningRecord.from_checkpoint(torch.load(str(tmp_path /
+                                                     'iter_1.pth'))).slim_spec)
     fresh.load_state_dict(model.state_dict())
     assert layer_channels(fresh) == layer_channels(model)
 
 
 def test_hook_default_is_weight_and_recorded():
     hook = EarlyPruningHook()
-    assert hook.granularity == 'weight'
+    assert hook.pruner.granularity == 'weight'
     assert hook.pruning_config()['granularity'] == 'weight'
