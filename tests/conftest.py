@@ -28,6 +28,12 @@ DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
 PYTHON = osp.join(REPO_ROOT, '.venv', 'bin', 'python')
 CROP = (64, 64)
 
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        'markers', 'e2e: end-to-end runs (a Runner, a subprocess or torchrun) '
+        'that prove an integration; `pytest -m "not e2e"` runs the rest')
+
 _counter = itertools.count()
 
 # Tests read MMEngine checkpoints with torch.load (weights_only) outside a
