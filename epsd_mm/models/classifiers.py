@@ -1,5 +1,4 @@
 """Self-distillation for any mmpretrain image classifier."""
-from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -10,7 +9,8 @@ from mmpretrain.structures import DataSample
 from torch import Tensor, nn
 
 from epsd_mm.registry import MODELS
-from .self_distill import SelfDistillMixin, reject_sd_loss_key
+from .self_distill import (SelfDistillMixin, registered_model_class,
+                           reject_sd_loss_key, self_distill_subclass)
 
 
 class SelfDistillClassifierMixin(SelfDistillMixin):
@@ -81,7 +81,6 @@ class SelfDistillClassifierMixin(SelfDistillMixin):
         return self.head.pre_logits(extra)
 
 
-@lru_cache(maxsize=None)
 def self_distill_classifier_class(base: type) -> type:
     """The self-distilling subclass of an ``ImageClassifier`` class.
 
@@ -95,12 +94,7 @@ def self_distill_classifier_class(base: type) -> type:
         raise TypeError(
             'SelfDistillClassifier works with mmpretrain ImageClassifier and '
             f'its subclasses, got {getattr(base, "__name__", base)!r}.')
-    return type(f'SelfDistill{base.__name__}',
-                (SelfDistillClassifierMixin, base), {
-                    '__module__': __name__,
-                    '__doc__': f'{base.__name__} trained with '
-                    'self-distillation (see SelfDistillClassifierMixin).'
-                })
+    return self_distill_subclass(SelfDistillClassifierMixin, base)
 
 
 def _check_no_batch_augments(kwargs: dict) -> None:
@@ -157,10 +151,8 @@ def build_self_distill_classifier(
         nn.Module: An instance of ``SelfDistill<Classifier>``.
     """
     reject_sd_loss_key(kwargs)
-    base = MODELS.get(classifier_type)
-    if base is None:
-        raise KeyError(f'classifier_type {classifier_type!r} is not a '
-                       "registered model; e.g. 'mmpretrain.ImageClassifier'.")
+    base = registered_model_class(classifier_type, 'classifier_type',
+                                  'mmpretrain.ImageClassifier')
     cls = self_distill_classifier_class(base)
     if sd is not None:
         _check_no_batch_augments(kwargs)

@@ -1,5 +1,4 @@
 """Self-distillation for any mmseg encoder-decoder segmentor."""
-from functools import lru_cache
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from mmseg.models.segmentors import EncoderDecoder
@@ -9,7 +8,8 @@ from torch import Tensor, nn
 
 from epsd_mm.registry import MODELS
 from .scoring import as_module_list, decode_stages
-from .self_distill import SelfDistillMixin, reject_sd_loss_key
+from .self_distill import (SelfDistillMixin, registered_model_class,
+                           reject_sd_loss_key, self_distill_subclass)
 
 
 class SegmentorOutputs(NamedTuple):
@@ -81,7 +81,6 @@ class SelfDistillSegmentorMixin(SelfDistillMixin):
         return extra.feats[-1]
 
 
-@lru_cache(maxsize=None)
 def self_distill_segmentor_class(base: type) -> type:
     """The self-distilling subclass of an ``EncoderDecoder`` class.
 
@@ -96,12 +95,7 @@ def self_distill_segmentor_class(base: type) -> type:
             'SelfDistillSegmentor works with mmseg EncoderDecoder and its '
             'subclasses (e.g. mmseg.CascadeEncoderDecoder), got '
             f'{getattr(base, "__name__", base)!r}.')
-    return type(f'SelfDistill{base.__name__}',
-                (SelfDistillSegmentorMixin, base), {
-                    '__module__': __name__,
-                    '__doc__': f'{base.__name__} trained with '
-                    'self-distillation (see SelfDistillSegmentorMixin).'
-                })
+    return self_distill_subclass(SelfDistillSegmentorMixin, base)
 
 
 @MODELS.register_module(name='SelfDistillSegmentor')
@@ -130,10 +124,8 @@ def build_self_distill_segmentor(segmentor_type: str = 'mmseg.EncoderDecoder',
         nn.Module: An instance of ``SelfDistill<Segmentor>``.
     """
     reject_sd_loss_key(kwargs)
-    base = MODELS.get(segmentor_type)
-    if base is None:
-        raise KeyError(f'segmentor_type {segmentor_type!r} is not a '
-                       "registered model; e.g. 'mmseg.EncoderDecoder'.")
+    base = registered_model_class(segmentor_type, 'segmentor_type',
+                                  'mmseg.EncoderDecoder')
     if 'num_stages' in kwargs and base is EncoderDecoder:
         raise TypeError(
             'The model config has num_stages (a cascade such as OCRNet) but '

@@ -11,12 +11,13 @@ batch, the PS-KD teacher) lives outside the module tree, so it never enters
 """
 import copy
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
 
 from epsd_mm.pruning import load_masks_with_state_dict
-from epsd_mm.registry import SD_METHODS
+from epsd_mm.registry import MODELS, SD_METHODS
 from epsd_mm.sd_methods import BaseSDMethod
 
 
@@ -40,6 +41,37 @@ def build_sd_method(sd: Optional[dict]) -> Optional[BaseSDMethod]:
         raise TypeError(f'model.sd must build a BaseSDMethod, got '
                         f'{type(method).__name__}.')
     return method
+
+
+def registered_model_class(model_type: str, key: str, example: str) -> type:
+    """The model class registered as ``model_type``, or a fix-it error.
+
+    Args:
+        model_type (str): Registry name, e.g. ``'mmseg.EncoderDecoder'``.
+        key (str): The config key that named it, for the message.
+        example (str): A valid value, for the message.
+    """
+    base = MODELS.get(model_type)
+    if base is None:
+        raise KeyError(f'{key} {model_type!r} is not a registered model; '
+                       f'e.g. {example!r}.')
+    return base
+
+
+@lru_cache(maxsize=None)
+def self_distill_subclass(mixin: type, base: type) -> type:
+    """``SelfDistill<Base>``: ``base`` with the self-distillation ``mixin``
+    (cached, so it is built once per pair).
+
+    Args:
+        mixin (type): A :class:`SelfDistillMixin` subclass for the task.
+        base (type): The model class of the config.
+    """
+    return type(f'SelfDistill{base.__name__}', (mixin, base), {
+        '__module__': mixin.__module__,
+        '__doc__': f'{base.__name__} trained with self-distillation (see '
+        f'{mixin.__name__}).'
+    })
 
 
 def reject_sd_loss_key(kwargs: dict) -> None:

@@ -44,7 +44,7 @@ from .selection import (SELECTIONS, check_floors_fit, check_selection,
 from .slimming import (check_slim_spec, check_state_dict_shapes,
                        compose_slim_specs, format_slim_table, get_slim_spec,
                        layer_channels, rebind_optimizer, rebuild_slim,
-                       shape_mismatches, slim_channels)
+                       is_narrower, shape_mismatches, slim_channels)
 from .stats import (LayerSparsity, format_sparsity_table, overall_sparsity,
                     sparsity_stats)
 
@@ -67,6 +67,6 @@ __all__ = [
     'prospr_scores', 'prunable_parameters', 'random_scores',
     'rebind_optimizer', 'rebuild_slim', 'register_mask_enforcement',
     'remove_masks', 'rename_legacy_mask_keys', 'select_channels',
-    'select_masks', 'shape_mismatches', 'slim_channels', 'snip_saliency',
+    'is_narrower', 'select_masks', 'shape_mismatches', 'slim_channels', 'snip_saliency',
     'snip_scores', 'sparsity_stats', 'synflow_scores', 'to_plain'
 ]

@@ -28,7 +28,7 @@ built before slimming must be pointed at the new ones
 (:func:`rebind_optimizer`), and a DDP wrapper rebuilt.
 """
 import json
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -350,6 +350,20 @@ def shape_mismatches(model: nn.Module, state_dict: Mapping[str, Tensor]
             and t.shape != own[name].shape]
 
 
+def is_narrower(mismatches: Sequence[Tuple[str, Tuple[int, ...],
+                                           Tuple[int, ...]]]) -> bool:
+    """Whether every mismatched tensor of :func:`shape_mismatches` is
+    narrower than the model's (a slim state dict for a dense model).
+
+    Args:
+        mismatches (Sequence[tuple]): ``(name, state dict shape, model
+            shape)`` triples.
+    """
+    return all(
+        len(got) == len(want) and all(g <= w for g, w in zip(got, want))
+        for _, got, want in mismatches)
+
+
 def check_state_dict_shapes(model: nn.Module,
                             state_dict: Mapping[str, Tensor]) -> None:
     """Raise a clear error if a state dict does not fit the model's shapes.
@@ -371,10 +385,7 @@ def check_state_dict_shapes(model: nn.Module,
     shown = '; '.join(f'{name}: state dict {tuple(got)}, model {tuple(want)}'
                       for name, got, want in mismatches[:5])
     more = f' (and {len(mismatches) - 5} more)' if len(mismatches) > 5 else ''
-    narrower = all(
-        len(got) == len(want) and all(g <= w for g, w in zip(got, want))
-        for _, got, want in mismatches)
-    if narrower:
+    if is_narrower(mismatches):
         hint = ('The state dict holds a channel-pruned (slim) network and '
                 'the model is dense: rebuild the slim architecture first '
                 'with rebuild_slim(model, spec), using the slim spec saved '

@@ -179,7 +179,7 @@ class EarlyPruningHook(PruningCheckpointHook):
                 reduce=reduce_mean,
                 broadcast=broadcast_from_rank0,
                 progress=ScoringProgress.on_rank0(
-                    runner, f'{self.name} {where}scoring'),
+                    runner, f'{self.name}: {where}scoring'),
                 score_cache=cache,
                 cache_tag=(self.loss, str(runner.cfg.model.get('sd')),
                            runner.rank))

@@ -9,7 +9,8 @@ from epsd_mm.deploy.complexity import (format_complexity_change,
                                        model_complexity)
 from epsd_mm.pruning import (PruningRecord, attach_mask_buffers,
                              check_masked_state_dict, format_slim_table,
-                             get_masks, get_slim_spec, masked_param_names,
+                             get_masks, get_slim_spec, is_narrower,
+                             masked_param_names,
                              overall_sparsity, rebuild_slim,
                              register_mask_enforcement,
                              rename_legacy_mask_keys, shape_mismatches,
@@ -42,12 +43,6 @@ def check_checkpoint(checkpoint: dict, source: str) -> None:
                     f'{index} holds NaN/inf. The file is corrupted or '
                     'training diverged before it was saved; use an earlier '
                     'checkpoint.')
-
-
-def _is_narrower(mismatches: List[Mismatch]) -> bool:
-    return all(
-        len(got) == len(want) and all(g <= w for g, w in zip(got, want))
-        for _, got, want in mismatches)
 
 
 @HOOKS.register_module()
@@ -169,7 +164,7 @@ class PruningCheckpointHook(Hook):
             fix = ('The model was rebuilt from the slim spec the checkpoint '
                    'records, so the checkpoint comes from another model '
                    'config: use the config it was trained with.')
-        elif _is_narrower(mismatches):
+        elif is_narrower(mismatches):
             fix = ('The checkpoint holds a channel-pruned (slim) network but '
                    'records no slim spec, so its architecture cannot be '
                    'rebuilt: use the checkpoint as epsd_mm saved it, or '
