@@ -61,6 +61,8 @@ class PruningReport:
         target (float): Target sparsity after this round (of the prunable
             weights, or of the channels in scope).
         sparsity (float): The sparsity reached.
+        kept (int): Weights (or channels in scope) kept.
+        total (int): Prunable weights (or dense channels in scope).
         num_batches (int): Batches scored on.
         seconds (float): Time taken.
         table (str): Per-layer result (sparsity per weight, or channels per
@@ -77,6 +79,8 @@ class PruningReport:
     criterion: str
     target: float
     sparsity: float
+    kept: int
+    total: int
     num_batches: int
     seconds: float
     table: str
@@ -91,8 +95,9 @@ class PruningReport:
         source = 'cached scores' if self.cached else (
             f'{self.num_batches} batches' if self.num_batches else 'no data')
         return (f'{where}{self.granularity} sparsity {self.sparsity:.4f} '
-                f'(target {self.target:.4f}) by {self.criterion} on '
-                f'{source} in {self.seconds:.1f}s')
+                f'(target {self.target:.4f}): {self.kept:,} of '
+                f'{self.total:,} {self.granularity}s kept, by '
+                f'{self.criterion} on {source} in {self.seconds:.1f}s')
 
     def warnings(self) -> List[str]:
         """What the caller should tell the user about this round."""
@@ -348,7 +353,7 @@ class Pruner:
             rounds=self.rounds,
             criterion=self.criterion.name,
             target=target,
-            sparsity=self._sparsity(model, keep),
+            **self._counts(model, keep),
             num_batches=0 if cached or loss_fn is None else len(batches),
             seconds=time.perf_counter() - start,
             table=table,
@@ -386,7 +391,9 @@ class Pruner:
                keep: Dict[str, Tensor]) -> str:
         raise NotImplementedError
 
-    def _sparsity(self, model: nn.Module, keep: Dict[str, Tensor]) -> float:
+    def _counts(self, model: nn.Module,
+                keep: Dict[str, Tensor]) -> Dict[str, Any]:
+        """``sparsity``, ``kept`` and ``total`` after applying ``keep``."""
         raise NotImplementedError
 
 
@@ -442,9 +449,11 @@ class WeightPruner(Pruner):
         apply_masks(model, keep)
         return format_sparsity_table(sparsity_stats(model))
 
-    def _sparsity(self, model: nn.Module, keep: Dict[str, Tensor]) -> float:
+    def _counts(self, model: nn.Module,
+                keep: Dict[str, Tensor]) -> Dict[str, Any]:
         total = sum(m.numel() for m in keep.values())
-        return 1.0 - sum(int(m.sum()) for m in keep.values()) / total
+        kept = sum(int(m.sum()) for m in keep.values())
+        return dict(sparsity=1.0 - kept / total, kept=kept, total=total)
 
 
 class ChannelPruner(Pruner):
@@ -524,9 +533,13 @@ class ChannelPruner(Pruner):
                keep: Dict[str, Tensor]) -> str:
         return format_slim_table(slim_channels(units, keep))
 
-    def _sparsity(self, model: nn.Module, keep: Dict[str, Tensor]) -> float:
+    def _counts(self, model: nn.Module,
+                keep: Dict[str, Tensor]) -> Dict[str, Any]:
         channels = get_slim_spec(model)['channels']
-        return 1.0 - channels['kept'] / channels['total']
+        return dict(
+            sparsity=1.0 - channels['kept'] / channels['total'],
+            kept=channels['kept'],
+            total=channels['total'])
 
 
 #: Pruner class by granularity.

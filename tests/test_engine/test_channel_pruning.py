@@ -130,15 +130,14 @@ def test_channels_removed_before_training(slim_run):
         buf = optimizer.state[p]['momentum_buffer']
         assert buf.shape == p.shape
     log = slim_run['log']
-    assert ('scoring the channels of backbone with prospr on the sd loss '
-            '(2 batches' in log)
+    assert ('pruning channels of backbone with ProsPr(num_steps=1' in log
+            and 'on the sd loss (2 batches), target sparsity 0.5000' in log)
     # the last progress line of the scoring (always logged), with its ETA
-    assert re.search(r'EarlyPruningHook scoring: back through step 1/\d+, '
+    assert re.search(r'EarlyPruningHook: scoring: back through step 1/\d+, '
                      r'batch 1/1 \(loss evaluation (\d+)/\1\) \(100%, '
                      r'elapsed [\d.]+s, ETA 0\.0s\)', log)
-    assert ('removed 184 channels in ' in log
-            and f's, 184 of {NUM_CHANNELS} kept (channel sparsity 50.00%)'
-            in log)
+    assert ('channel sparsity 0.5000 (target 0.5000): 184 of '
+            f'{NUM_CHANNELS} channels kept, by prospr on 2 batches' in log)
     assert 'FLOPs' in log and 'params' in log and '-> ' in log
     assert 'backbone.layer4.1.conv2' in log  # the slim table
     metrics = runner.val()
@@ -172,8 +171,8 @@ def test_interrupted_run_resumes_slim(tiny_cfg, tmp_path):
     assert layer_channels(resumed.model) == channels
     log = _run_log(resumed)
     assert 'rebuilt the slim architecture' in log
-    assert 'channels restored from the checkpoint; not re-scoring' in log
-    assert 'scoring the channels' not in log
+    assert 'pruning restored from the checkpoint; not re-scoring' in log
+    assert 'pruning channels' not in log
     assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
     # at the start of training: the checkpoint's weights and momentum
     for key, value in saved['state_dict'].items():
@@ -197,7 +196,7 @@ def test_load_from_slim_checkpoint(slim_run, tiny_cfg):
         assert torch.equal(record.state[key], value), key
     assert record.optimizer['state'] == {}  # a fresh run: no momentum yet
     log = _run_log(runner)
-    assert 'not re-scoring' in log and 'scoring the channels' not in log
+    assert 'not re-scoring' in log and 'pruning channels' not in log
     assert 'Iter(train) [1/1]' in log
 
 
@@ -322,11 +321,11 @@ def test_rounds_compose_one_spec_and_pskd_sees_the_slim_network(
     assert spec['channels'] == dict(total=NUM_CHANNELS, kept=NUM_CHANNELS // 2)
     log = helpers.read_logs(str(tmp_path))
     kept_after_1 = round(0.5**0.5 * NUM_CHANNELS)
-    assert (f'round 1/2: removed {NUM_CHANNELS - kept_after_1} channels'
+    assert (f'round 1/2: channel sparsity {1 - kept_after_1 / NUM_CHANNELS:.4f}'
             in log)
-    assert f'{kept_after_1} of {NUM_CHANNELS} kept' in log
-    assert (f'round 2/2: removed {kept_after_1 - NUM_CHANNELS // 2} channels'
-            in log)
+    assert f'{kept_after_1} of {NUM_CHANNELS} channels kept' in log
+    assert (f'round 2/2: channel sparsity 0.5000 (target 0.5000): '
+            f'{NUM_CHANNELS // 2} of {NUM_CHANNELS} channels kept' in log)
     assert layer_channels(model.sd.teacher) == layer_channels(model)
     # the composed spec rebuilds the final network from the dense one
     with DefaultScope.overwrite_default_scope('epsd_mm'):

@@ -73,7 +73,8 @@ def test_ranks_hold_identical_masks(voc_root, tmp_path, helpers):
         assert torch.equal(rank0['zeros'][name], ~mask | rank0['zeros'][name])
         assert rank0['zeros'][name][~mask].all()
     log = helpers.read_logs(str(tmp_path))
-    assert 'EarlyPruningHook: scoring 22 layers with prospr' in log
+    assert 'EarlyPruningHook: pruning weights of backbone with ProsPr(' in log
+    assert 'EarlyPruningHook: weight sparsity 0.9000 (target 0.9000)' in log
     assert 'Iter(train) [2/2]' in log
 
 
@@ -124,5 +125,5 @@ def test_ranks_hold_identical_slim_networks(voc_root, tmp_path, helpers):
     for name, value in rank0['weights'].items():
         assert torch.equal(value, rank1['weights'][name]), name
     log = helpers.read_logs(str(tmp_path))
-    assert 'scoring the channels of backbone with snip' in log
+    assert 'pruning channels of backbone with SNIP()' in log
     assert 'Iter(train) [2/2]' in log

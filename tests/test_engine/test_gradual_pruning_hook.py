@@ -8,7 +8,7 @@ from mmengine.runner import Runner
 
 from epsd_mm.engine import GradualPruningHook, unwrap_model
 from epsd_mm.models import UnprunedView
-from epsd_mm.pruning import get_masks, prunable_parameters
+from epsd_mm.pruning import PruningRecord, get_masks, prunable_parameters
 
 XCORR = {
     'model.sd':
@@ -132,12 +132,25 @@ def test_resume_keeps_masks_and_cut_values(tiny_cfg, tmp_path):
     hook = next(h for h in resumed.hooks
                 if isinstance(h, GradualPruningHook))
     model = unwrap_model(resumed.model)
-    for name, values in first['pruned_weight_values'].items():
+    cut = PruningRecord.from_checkpoint(first).state['GradualPruningHook']
+    assert cut['pruned_values']
+    for name, values in cut['pruned_values'].items():
         # values cut before the checkpoint are still the teacher's
         mask = first['state_dict'][name + '_epsd_mask']
         assert torch.equal(hook.pruned_values[name][~mask], values[~mask])
     assert _sparsity(model) == pytest.approx(0.8, abs=1e-4)
     assert isinstance(model.sd._view, UnprunedView)
+
+    # resuming under another target would silently finish there: refused
+    other = Runner.from_cfg(
+        tiny_cfg(
+            dict(XCORR, resume=True, **{'default_hooks.pruning.sparsity':
+                                        0.7}),
+            work_dir=tmp_path,
+            max_iters=7))
+    with pytest.raises(ValueError, match='sparsity: checkpoint 0.8 vs '
+                       'config 0.7'):
+        other.train()
 
 
 def test_schedule_that_cannot_finish_is_refused(tiny_cfg, tmp_path,
