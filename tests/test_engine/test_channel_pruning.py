@@ -16,6 +16,9 @@ from epsd_mm.pruning import (PruningRecord, get_masks, get_slim_spec,
                              layer_channels, rebuild_slim)
 from epsd_mm.registry import MODELS
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 CHANNEL = {
     'default_hooks.pruning.granularity': 'channel',
     'default_hooks.pruning.sparsity': 0.5,

@@ -1,10 +1,14 @@
 """Distributed pruning: 2 CPU processes, gloo, launched by torchrun."""
+import pytest
 import os
 import os.path as osp
 import subprocess
 import sys
 
 import torch
+
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
 
 HERE = osp.dirname(osp.abspath(__file__))
 TIMEOUT = 300

@@ -14,6 +14,9 @@ from epsd_mm.engine import EarlyPruningHook
 from epsd_mm.pruning import (get_masks, magnitude_scores, prunable_parameters,
                              select_masks)
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 #: Conv weights of the tiny ResNetV1c-18 backbone (stem 3, 16 in blocks, 3
 #: downsample convs).
 NUM_BACKBONE_CONVS = 22

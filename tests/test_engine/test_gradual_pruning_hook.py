@@ -10,6 +10,9 @@ from epsd_mm.engine import GradualPruningHook, unwrap_model
 from epsd_mm.models import UnprunedView
 from epsd_mm.pruning import PruningRecord, get_masks, prunable_parameters
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 XCORR = {
     'model.sd':
     dict(

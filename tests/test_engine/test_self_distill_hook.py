@@ -12,6 +12,9 @@ from epsd_mm.engine import SelfDistillHook
 from epsd_mm.engine.hooks.self_distill_hook import SD_STATE_KEY
 from epsd_mm.pruning import get_masks
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 
 def pskd(snapshot_interval=None):
     return {

@@ -60,6 +60,7 @@ def test_every_cub_config_is_covered():
     assert found == set(EXPECTED)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('name', sorted(EXPECTED))
 def test_config_builds(name, tmp_path):
     sd, sampler, pruning = EXPECTED[name]

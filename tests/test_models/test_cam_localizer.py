@@ -192,6 +192,7 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
     return cfg
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('sd_method,pruning', [('none', False),
                                                ('dlb', False),
                                                ('pskd', False),
@@ -226,6 +227,7 @@ def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
         assert sparsity < 0.01
 
 
+@pytest.mark.e2e
 def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path):
     """tools/test.py on a pruned demo checkpoint: WSOL metrics + sparsity."""
     cfg = tiny_demo_cfg(data_root, tmp_path / 'train', 'cskd', True)

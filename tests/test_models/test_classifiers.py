@@ -434,6 +434,7 @@ def val_line(log):
     return lines[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('run', sorted(RUNS))
 def test_epsd_trains_through_runner(cifar_root, tmp_path, run):
     overrides, loss_key = RUNS[run]
@@ -476,6 +477,7 @@ def test_epsd_trains_through_runner(cifar_root, tmp_path, run):
             assert torch.equal(batch[0::2], batch[1::2])
 
 
+@pytest.mark.e2e
 def test_train_tool_prints_one_metrics_line(cifar_root, tmp_path, helpers):
     """``tools/train.py`` on the demo config: accuracy, calibration and the
     measured sparsity in one validation line; ``rounds=3`` (EPSD-It) from

@@ -254,6 +254,7 @@ def test_dlb_restarts_when_input_size_changes(det_cfg):
     assert model.sd.get_state() is None
 
 
+@pytest.mark.e2e
 def test_dlb_alignment_through_runner_with_random_aug(tiny_cfg):
     """Under the Runner, with random crops/flips/photometric changes, the
     second pass over a batch gets its exact tensors of the first pass."""
@@ -391,6 +392,7 @@ def test_sd_disabled_and_plain_model_equal_mmseg(det_cfg):
         assert torch.equal(no_sd_losses[key], expected[key]), key
 
 
+@pytest.mark.e2e
 def test_predict_identical_to_mmseg(det_cfg, helpers):
     model = build_model(det_cfg).eval()
     plain = _plain_encoder_decoder(det_cfg, model.state_dict())
@@ -431,6 +433,7 @@ SD_RUNS = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize('method', sorted(SD_RUNS))
 def test_sd_method_trains_pruned_network(tiny_cfg, helpers, tmp_path,
                                          method):

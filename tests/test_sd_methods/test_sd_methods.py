@@ -138,6 +138,7 @@ def test_dlb_targets_are_the_previous_predictions():
     assert model.loss(inputs1, samples1)['loss_dlb'].item() == 0
 
 
+@pytest.mark.e2e
 def test_sd_state_is_not_module_state():
     model = TinyClassifier(dict(type='PSKD'))
     model.sd.before_train(model)  # a teacher snapshot
@@ -208,6 +209,7 @@ def test_cskd_pairs():
         model.loss(inputs, samples)
 
 
+@pytest.mark.e2e
 def test_cskd_refuses_a_loader_that_does_not_pair(tiny_cfg):
     runner = Runner.from_cfg(tiny_cfg({'model.sd': dict(type='CSKD')}))
     method = runner.model.sd
@@ -259,6 +261,7 @@ class ConsistencyUnderNoise(BaseSDMethod):
         return losses
 
 
+@pytest.mark.e2e
 def test_new_method_from_a_test_file_trains_under_epsd(tiny_cfg, helpers,
                                                        tmp_path):
     ConsistencyUnderNoise.calls.clear()

@@ -13,6 +13,9 @@ from epsd_mm.pruning import (MASK_SUFFIX, attach_mask_buffers,
                              masked_param_names)
 from epsd_mm.registry import MODELS
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 TIMEOUT = 300
 FILES = ('folded.pth', 'sparse.pth', 'deploy_config.py', 'model.onnx')
 

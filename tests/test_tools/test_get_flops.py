@@ -17,6 +17,9 @@ from epsd_mm.pruning import (ChannelGraph, apply_masks,
                              random_scores, select_channels, select_masks,
                              slim_channels)
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 TIMEOUT = 300
 
 

@@ -10,6 +10,9 @@ import mmseg
 import pytest
 from mmengine.runner import Runner
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 TIMEOUT = 300
 MMSEG_TEST = osp.join(osp.dirname(mmseg.__file__), '.mim', 'tools', 'test.py')
 

@@ -1,4 +1,5 @@
 import subprocess
+import pytest
 import sys
 
 import torch
@@ -9,6 +10,9 @@ from torch import nn
 from epsd_mm.pruning import (apply_masks, format_sparsity_table,
                              prunable_parameters, random_scores, select_masks,
                              sparsity_stats)
+
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
 
 TOOL = 'tools/analysis/sparsity_report.py'
 

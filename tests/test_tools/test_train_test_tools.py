@@ -15,6 +15,9 @@ from PIL import Image
 
 from epsd_mm.datasets.demo_voc import write_voc_demo
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 TIMEOUT = 300
 
 

@@ -63,6 +63,7 @@ def test_weights_only_is_the_default(tmp_path):
         torch.load(path)
 
 
+@pytest.mark.e2e
 def test_safe_globals_registered_by_the_engine_not_by_import_epsd_mm():
     """A bare ``import epsd_mm`` leaves torch's allow-list alone; building
     our hooks (importing epsd_mm.engine) registers exactly the list."""
@@ -120,6 +121,7 @@ def test_mmengine_load_checkpoint(trained, tiny_cfg):
         assert torch.equal(value, state[key]), key
 
 
+@pytest.mark.e2e
 def test_resume_continues_iterations(trained, tiny_cfg):
     work_dir, ckpt_path = trained
     cfg = tiny_cfg(

@@ -7,6 +7,9 @@ from mmengine.config import Config
 
 from epsd_mm.utils import close_distributed, setup_cpu_distributed
 
+# Runners, subprocesses or torchrun: the integrations, run end to end
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def torchrun_env(monkeypatch, helpers):
