@@ -654,7 +654,7 @@ def test_scoring_progress_and_sparsity_scalars_reach_log_and_tensorboard(
     cfg.visualizer.vis_backends = [dict(type='TensorboardVisBackend')]
     _train(cfg)
     log = helpers.read_logs(str(tmp_path))
-    assert re.search(r'EarlyPruningHook scoring: gradient batch 2/2 \(100%, '
+    assert re.search(r'EarlyPruningHook: scoring: gradient batch 2/2 \(100%, '
                      r'elapsed [\d.]+s, ETA 0\.0s\)', log)
     events = list(tmp_path.rglob('events.out.tfevents.*'))
     assert len(events) == 1

@@ -190,8 +190,7 @@ def test_prunes_a_plain_model_without_self_distillation(tiny_cfg):
 def test_cross_correlation_without_gradual_pruning_is_refused(tiny_cfg):
     runner = Runner.from_cfg(
         tiny_cfg({'model.sd': XCORR['model.sd'],
-                  'default_hooks.pruning.criterion': 'magnitude',
-                  'default_hooks.pruning.loss': 'task'},
+                  'default_hooks.pruning.criterion': 'magnitude'},
                  max_iters=1))
     with pytest.raises(RuntimeError, match='GradualPruningHook'):
         runner.train()
