@@ -165,11 +165,8 @@ COMMANDS: Dict[str, Shrink] = {
     # deliverables, on the checkpoint of the shrunk `make demo`
     'python tools/deploy/export.py configs/demo/epsd_deeplab_voc_demo.py '
     'work_dirs/demo/iter_300.pth --out-dir work_dirs/demo/export --onnx':
-        Shrink(needs=('demo_run', ), expect=('sparse.pth', ),
-               known_bug='tools/deploy/export.py prints '
-               "pruning['criterion'], 'pruning_hook', 'config_source', which "
-               'epsd_mm.deploy.checkpoint.pruning_meta no longer returns '
-               "(now 'criteria', 'stages'): KeyError: 'criterion'"),
+        Shrink(needs=('demo_run', ),
+               expect=('sparse.pth', 'pruned by EarlyPruningHook: prospr')),
     'python tools/analysis/get_flops.py configs/demo/epsd_deeplab_voc_demo.py '
     'work_dirs/demo/iter_300.pth':
         Shrink(needs=('demo_run', ), expect=('247,907', )),

@@ -62,7 +62,7 @@ def test_export_tool_writes_and_checks(exported):
     for name in ('folded.pth', 'sparse.pth', 'model.onnx'):
         assert re.search(rf'\| {re.escape(name)} +\| +[\d,.]+ \| +[\d.]+ \|',
                          stdout), name
-    assert 'criterion: prospr' in stdout
+    assert '(pruned by EarlyPruningHook: prospr)' in stdout
 
 
 def test_folded_loads_into_mmseg_with_the_masked_logits(exported):

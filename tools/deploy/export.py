@@ -100,8 +100,10 @@ def main() -> None:
         what.append(f'sparsity {pruning["sparsity"]:.4f} of '
                     f'{pruning["prunable"]:,} prunable weights in '
                     f'{pruning["masked_tensors"]} tensors')
-    print(f'{", ".join(what)} (criterion: {pruning["criterion"]}, hook: '
-          f'{pruning["pruning_hook"]}, read from {pruning["config_source"]})')
+    stages = ', '.join(f'{hook}: {criterion or "criterion not recorded"}'
+                       for hook, criterion in pruning['criteria'].items())
+    print(f'{", ".join(what) or "not pruned"} (pruned by '
+          f'{stages or "no recorded pruning hook"})')
     print(size_table(result.files, args.checkpoint, result.dense_bytes))
     if result.sparse.num_sparse:
         print(f'pruned tensors: {result.sparse.dense_bytes / 1024:,.1f} KB '
