@@ -39,7 +39,7 @@ def test_train_tool(trained):
     assert len(masks) == 22
     total = sum(m.numel() for m in masks)
     assert sum(int(m.sum()) for m in masks) == round(0.2 * total)
-    assert 'EarlyPruningHook: scoring 22 layers with prospr' in stdout
+    assert 'EarlyPruningHook: pruning weights of backbone with ProsPr(' in stdout
     assert 'sparsity: 0.8000' in stdout  # validation at the end
     # the run's config was dumped next to the checkpoints with the override
     dumped = open(osp.join(work_dir, 'tiny_epsd.py')).read()
@@ -149,7 +149,7 @@ def test_train_tool_resume(trained, helpers, tmp_path):
         'train_cfg.val_interval=100',
         cwd=str(tmp_path))
     assert proc.returncode == 0, helpers.failure_text(proc)
-    assert 'masks restored from the checkpoint; not re-scoring' in proc.stdout
+    assert 'pruning restored from the checkpoint; not re-scoring' in proc.stdout
     assert 'Iter(train) [3/3]' in proc.stdout
     assert 'Iter(train) [1/3]' not in proc.stdout
     before = torch.load(osp.join(work_dir, 'iter_2.pth'))['state_dict']
