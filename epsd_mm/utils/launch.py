@@ -3,7 +3,7 @@ set-up, checks before anything is built, and the run itself."""
 import argparse
 import os
 import os.path as osp
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
@@ -95,6 +95,7 @@ def run(cfg: Config, dataloaders: Sequence[str],
     # resume / load_from read MMEngine checkpoints with torch's weights_only
     # loader (see epsd_mm.utils.checkpoint)
     register_checkpoint_safe_globals()
+    check_checkpoint_to_load(cfg)
     check_datasets(cfg, tuple(dataloaders))
     check_cam_threshold(cfg, tuple(
         key.replace('dataloader', 'evaluator') for key in dataloaders
@@ -107,3 +108,57 @@ def run(cfg: Config, dataloaders: Sequence[str],
         runner.register_hook(PruningCheckpointHook())
     action(runner)
     close_distributed()
+
+
+def checkpoint_to_load(cfg: Config) -> Optional[str]:
+    """The local file the Runner will resume or load from, if any.
+
+    As MMEngine's ``Runner.load_or_resume``: ``cfg.load_from``, or with
+    ``cfg.resume`` and no ``load_from`` the file named by the work dir's
+    ``last_checkpoint``. URLs and other remote paths give None.
+
+    Args:
+        cfg (Config): The run's config.
+
+    Returns:
+        str | None: The path, or None when nothing local is loaded.
+    """
+    path = cfg.get('load_from', None)
+    if path is None and cfg.get('resume', False):
+        from mmengine.runner import find_latest_checkpoint
+        path = find_latest_checkpoint(cfg.work_dir)
+    if not path or '://' in str(path):
+        return None
+    return str(path)
+
+
+def check_checkpoint_to_load(cfg: Config) -> None:
+    """Refuse, before anything is built, a checkpoint the Runner would
+    fail to read (missing, truncated, not a torch file).
+
+    Args:
+        cfg (Config): The run's config.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: It is truncated or not a torch file.
+    """
+    from .checkpoint import check_checkpoint_file
+    path = checkpoint_to_load(cfg)
+    if path is None:
+        return
+    if cfg.get('resume', False) and cfg.get('load_from', None) is None:
+        fix = (f'it is the latest checkpoint of {cfg.work_dir} (named by its '
+               'last_checkpoint file), probably cut short when the run '
+               'stopped: delete it and write the previous iter_*.pth into '
+               'last_checkpoint, or pass --cfg-options load_from=<an earlier '
+               'checkpoint> with --resume')
+    else:
+        fix = ('pass a complete checkpoint written by tools/train.py (an '
+               'interrupted copy or download is the usual cause: copy it '
+               'again)')
+    if not osp.isfile(path):
+        raise FileNotFoundError(
+            f'checkpoint {path} does not exist (cfg.load_from, or the work '
+            "dir's last_checkpoint with --resume); pass an existing file")
+    check_checkpoint_file(path, fix)

@@ -232,3 +232,81 @@ def test_other_numpy_core_globals_still_refused(tmp_path):
         with pytest.raises(pickle.UnpicklingError, match='frombuffer'):
             torch.load(path)
     assert multiarray.frombuffer not in torch.serialization.get_safe_globals()
+
+
+# ---- truncated or foreign files: one clear message naming the file --------
+
+
+def _damaged_copy(source: str, path: str, damage: str) -> str:
+    raw = open(source, 'rb').read()
+    content = dict(
+        truncated=raw[:len(raw) // 2],
+        empty=b'',
+        text=b'<html>403 Forbidden</html>\n',
+        random=np.random.default_rng(0).bytes(4096))[damage]
+    with open(path, 'wb') as f:
+        f.write(content)
+    return path
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'text', 'random'])
+def test_load_checkpoint_file_refuses_unreadable_files(
+        trained, tmp_path, damage):
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    _, ckpt_path = trained
+    path = _damaged_copy(ckpt_path, str(tmp_path / 'iter_2.pth'), damage)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint_file(path)
+    message = str(info.value)
+    assert message.startswith(
+        f'{path} is not a readable checkpoint (truncated or not a torch '
+        'file: ')
+    assert 'earlier iter_*.pth' in message  # the fix
+    assert load_checkpoint_file(ckpt_path)['meta']['iter'] == 2
+
+
+def test_load_checkpoint_file_reads_legacy_and_refuses_missing(tmp_path):
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    path = str(tmp_path / 'legacy.pth')
+    torch.save({'w': torch.ones(2)}, path,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(path)['w'], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_checkpoint_file(str(tmp_path / 'missing.pth'))
+
+
+def test_unsupported_global_is_not_called_truncated(tmp_path):
+    """A readable file holding a class outside the allow-list keeps
+    torch's own message (the file is fine; the class is not allowed)."""
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    path = str(tmp_path / 'obj.pth')
+    torch.save({'obj': NotAllowed(1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
+        load_checkpoint_file(path)
+
+
+def test_run_refuses_truncated_load_from_before_building(
+        trained, tiny_cfg, tmp_path):
+    """tools/test.py (cfg.load_from) and --resume (the work dir's
+    last_checkpoint) check the file before the Runner is built."""
+    from epsd_mm.utils.launch import run
+    _, ckpt_path = trained
+    path = _damaged_copy(ckpt_path, str(tmp_path / 'iter_2.pth'),
+                         'truncated')
+    built = []
+    cfg = tiny_cfg(work_dir=str(tmp_path / 'test'))
+    cfg.load_from = path
+    with pytest.raises(ValueError, match=f'{path} is not a readable '
+                       'checkpoint.*complete checkpoint'):
+        run(cfg, ('test_dataloader', ), built.append)
+    assert not built
+    work_dir = str(tmp_path / 'resume')
+    os.makedirs(work_dir)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(path)
+    cfg = tiny_cfg(work_dir=work_dir)
+    cfg.resume = True
+    with pytest.raises(ValueError, match=f'{path} is not a readable '
+                       'checkpoint.*last_checkpoint'):
+        run(cfg, ('train_dataloader', ), built.append)
+    assert not built
