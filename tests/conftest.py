@@ -46,6 +46,12 @@ register_checkpoint_safe_globals()
 torch.set_num_threads(1)
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        'markers', 'e2e: trains a tiny model or runs a whole flow in a '
+        'subprocess (slower; deselect with -m "not e2e")')
+
+
 def train_pipeline(random_aug: bool = True) -> list:
     """The demo's train pipeline at 64 px; ``random_aug=False`` keeps only
     deterministic transforms (every pass over a sample is identical).

@@ -136,10 +136,7 @@ COMMANDS: Dict[str, Shrink] = {
     '--out-dir work_dirs/cams --num 8':
         Shrink(replace=(('epoch_20.pth', 'epoch_1.pth'), ('--num 8',
                                                           '--num 2')),
-               append='--cfg-options test_dataloader.num_workers=0',
-               known_bug='visualize_cam.py loads the checkpoint without '
-               'epsd_mm.utils.register_checkpoint_safe_globals() (Weights '
-               'only load failed ... HistoryBuffer)'),
+               append='--cfg-options test_dataloader.num_workers=0'),
     '.venv/bin/python tools/train.py configs/demo/epsd_resnet_cifar_demo.py':
         Shrink(append=EPOCH_TINY, expect=('accuracy', 'sparsity')),
     # structured

@@ -13,7 +13,7 @@ from epsd_mm.pruning import (PruningRecord, attach_mask_buffers,
                              check_masked_state_dict, masked_param_names,
                              rebuild_slim, rename_legacy_mask_keys)
 from epsd_mm.registry import MODELS
-from epsd_mm.utils import register_checkpoint_safe_globals
+from epsd_mm.utils.checkpoint import load_checkpoint_file
 
 
 def load_checkpoint_dict(path: str) -> dict:
@@ -25,11 +25,22 @@ def load_checkpoint_dict(path: str) -> dict:
     Returns:
         dict: The checkpoint, with its ``state_dict`` (mask keys of older
         epsd_mm versions renamed, integrity checked).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is truncated or not a torch file (see
+            :func:`~epsd_mm.utils.checkpoint.load_checkpoint_file`), or not
+            an MMEngine checkpoint.
     """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    register_checkpoint_safe_globals()
-    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    checkpoint = load_checkpoint_file(
+        path,
+        lambda file: CheckpointLoader.load_checkpoint(
+            file, map_location='cpu'))
+    if not isinstance(checkpoint, dict):
+        raise ValueError(
+            f'{path} holds a {type(checkpoint).__name__}, not a checkpoint '
+            'dict: it is not an MMEngine checkpoint (write one with '
+            'tools/train.py).')
     if 'state_dict' not in checkpoint:
         raise ValueError(
             f'{path} has no "state_dict": it is not an MMEngine checkpoint '

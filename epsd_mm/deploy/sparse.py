@@ -15,17 +15,28 @@ File layout (a ``torch.save`` of plain containers, loadable with
      'keys': [...],                   # state-dict order
      'dense': {key: tensor},          # everything not pruned
      'sparse': {key: {'shape': (...), 'bitmask': uint8 tensor,
-                      'values': tensor}}}
+                      'values': tensor, 'count': int, 'crc32': int}},
+     'dense_crc32': {key: int}}
+
+``count`` is the number of kept values and ``crc32`` the
+:func:`zlib.crc32` of the bitmask bytes followed by the values bytes;
+``dense_crc32`` that of each dense tensor's bytes. Files written before they
+existed load with the structural checks only (counts against the bitmask,
+finite kept values).
 """
 import math
+import zlib
 from collections import OrderedDict
-from typing import Mapping, NamedTuple, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 FORMAT = 'epsd_mm.bitmask/1'
+#: How to get a sound file again, for the error messages.
+REEXPORT = ('re-export it from the training checkpoint with '
+            'tools/deploy/export.py')
 
 
 class SparseSummary(NamedTuple):
@@ -52,6 +63,22 @@ def _nbytes(tensor: Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def tensor_crc32(*tensors: Tensor) -> int:
+    """CRC-32 of the raw bytes of ``tensors``, in order.
+
+    Args:
+        *tensors (Tensor): CPU tensors of any dtype.
+
+    Returns:
+        int: :func:`zlib.crc32` of their concatenated bytes.
+    """
+    crc = 0
+    for tensor in tensors:
+        raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        crc = zlib.crc32(raw.numpy().tobytes(), crc)
+    return crc
+
+
 def encode_bitmask(tensor: Tensor, mask: Tensor) -> dict:
     """Encode a tensor that is zero wherever ``mask`` is False.
 
@@ -60,15 +87,19 @@ def encode_bitmask(tensor: Tensor, mask: Tensor) -> dict:
         mask (Tensor): Its keep-mask, same shape.
 
     Returns:
-        dict: ``shape``, the packed ``bitmask`` (uint8, row-major order) and
-        the kept ``values`` in that order.
+        dict: ``shape``, the packed ``bitmask`` (uint8, row-major order),
+        the kept ``values`` in that order, their ``count`` and the
+        ``crc32`` of the bitmask and values bytes.
     """
     keep = mask.detach().cpu().bool().flatten()
-    bits = np.packbits(keep.numpy())
+    bitmask = torch.from_numpy(np.packbits(keep.numpy()))
+    values = tensor.detach().cpu().flatten()[keep].clone()
     return dict(
         shape=tuple(tensor.shape),
-        bitmask=torch.from_numpy(bits),
-        values=tensor.detach().cpu().flatten()[keep].clone())
+        bitmask=bitmask,
+        values=values,
+        count=values.numel(),
+        crc32=tensor_crc32(bitmask, values))
 
 
 def decode_bitmask(entry: Mapping) -> Tensor:
@@ -130,7 +161,9 @@ def save_sparse_checkpoint(path: str,
             meta=meta or {},
             keys=list(state_dict),
             dense=dense,
-            sparse=sparse), path)
+            sparse=sparse,
+            dense_crc32={k: tensor_crc32(v)
+                         for k, v in dense.items()}), path)
     return SparseSummary(len(sparse), dense_bytes, sparse_bytes)
 
 
@@ -151,7 +184,12 @@ def identical_state_dicts(first: Mapping[str, Tensor],
 def load_sparse_checkpoint(path: str,
                            with_meta: bool = False
                            ) -> 'OrderedDict[str, Tensor]':
-    """Read a file written by :func:`save_sparse_checkpoint`.
+    """Read a file written by :func:`save_sparse_checkpoint`, checking it.
+
+    Every tensor is checked against the counts and checksums stored at
+    export (files written before they existed: the bitmask's size and
+    number of set bits against the shape and the values, and finite kept
+    values).
 
     Args:
         path (str): The sparse checkpoint.
@@ -162,16 +200,96 @@ def load_sparse_checkpoint(path: str,
         for bit to the folded one it was written from (``(state_dict,
         meta)`` with ``with_meta=True``); load it with
         ``model.load_state_dict``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is not a torch file, not of this format, or
+            damaged (a missing entry, a tensor whose size, count or
+            checksum differs from what was written); the message names the
+            tensor and the file.
     """
-    content = torch.load(path, map_location='cpu', weights_only=True)
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    content = load_checkpoint_file(path, fix=REEXPORT)
     if not isinstance(content, dict) or content.get('format') != FORMAT:
         raise ValueError(
             f'{path} is not a sparse checkpoint of format {FORMAT!r} (it '
             'was not written by tools/deploy/export.py); load a plain '
             'checkpoint with mmengine.runner.load_checkpoint instead.')
+    _check_layout(content, path)
+    dense_crc = content.get('dense_crc32', {})
     state_dict = OrderedDict()
     for key in content['keys']:
-        state_dict[key] = (
-            decode_bitmask(content['sparse'][key])
-            if key in content['sparse'] else content['dense'][key])
+        if key in content['sparse']:
+            state_dict[key] = _decode_checked(content['sparse'][key], key,
+                                              path)
+        elif key in content['dense']:
+            value = content['dense'][key]
+            if not isinstance(value, Tensor):
+                raise _damaged(path, key, f'a {type(value).__name__} '
+                               'instead of a tensor')
+            if key in dense_crc and tensor_crc32(value) != dense_crc[key]:
+                raise _damaged(path, key, 'its bytes differ from those '
+                               'written (checksum mismatch)')
+            state_dict[key] = value
+        else:
+            raise _damaged(path, key, 'listed in "keys" but stored neither '
+                           'dense nor sparse')
     return (state_dict, content['meta']) if with_meta else state_dict
+
+
+def _damaged(path: str, key: str, problem: str) -> ValueError:
+    return ValueError(f'{path} is damaged: tensor {key!r}: {problem}; '
+                      f'{REEXPORT}')
+
+
+def _check_layout(content: Mapping[str, Any], path: str) -> None:
+    """Refuse a file of the format whose top-level entries are missing or
+    of the wrong type."""
+    expected = dict(keys=list, dense=dict, sparse=dict, meta=dict)
+    for name, kind in expected.items():
+        if not isinstance(content.get(name), kind):
+            what = ('missing' if name not in content else
+                    f'a {type(content[name]).__name__}, not a '
+                    f'{kind.__name__}')
+            raise ValueError(f'{path} is damaged: its {name!r} entry is '
+                             f'{what}; {REEXPORT}')
+
+
+def _decode_checked(entry: Any, key: str, path: str) -> Tensor:
+    """Decode one sparse entry after checking it against its shape, count
+    and checksum."""
+    if not isinstance(entry, Mapping):
+        raise _damaged(path, key, f'a {type(entry).__name__} instead of '
+                       'its bitmask entry')
+    missing = [k for k in ('shape', 'bitmask', 'values') if k not in entry]
+    if missing:
+        raise _damaged(path, key, f'its entry lacks {missing}')
+    shape, bitmask, values = entry['shape'], entry['bitmask'], entry['values']
+    if not (isinstance(bitmask, Tensor) and bitmask.dtype == torch.uint8
+            and bitmask.dim() == 1 and isinstance(values, Tensor)):
+        raise _damaged(path, key, 'its bitmask is not a 1-D uint8 tensor '
+                       'or its values are not a tensor')
+    try:
+        numel = math.prod(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise _damaged(path, key,
+                       f'its shape {shape!r} is not a shape') from None
+    if bitmask.numel() != (numel + 7) // 8:
+        raise _damaged(
+            path, key, f'its bitmask has {bitmask.numel()} bytes, its shape '
+            f'{tuple(shape)} needs {(numel + 7) // 8}')
+    if 'crc32' in entry and tensor_crc32(bitmask, values) != entry['crc32']:
+        raise _damaged(path, key, 'its bitmask or kept values differ from '
+                       'those written (checksum mismatch)')
+    kept = int(np.unpackbits(bitmask.numpy(), count=numel).sum())
+    count = entry.get('count', kept)
+    if not kept == count == values.numel():
+        raise _damaged(
+            path, key, f'{values.numel()} kept values for {kept} set bits '
+            f'of the bitmask' + (f' ({count} written)' if 'count' in entry
+                                 else ''))
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise _damaged(path, key, f'{bad} of its kept values are NaN or '
+                       'infinite')
+    return decode_bitmask(entry)

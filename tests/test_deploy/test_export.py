@@ -90,6 +90,23 @@ def test_refuses_a_checkpoint_without_masks(exported, pruned, tmp_path):
     assert not osp.exists(out)
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'foreign'])
+def test_refuses_an_unreadable_checkpoint(pruned, tmp_path, damage):
+    """A half-written .pth (or any other file) gives one message naming the
+    file, not torch's `failed finding central directory`."""
+    raw = open(pruned.checkpoint, 'rb').read()
+    path = str(tmp_path / 'iter_3.pth')
+    with open(path, 'wb') as f:
+        f.write(raw[:len(raw) // 2] if damage == 'truncated' else
+                b'model weights: see the wiki\n')
+    out = str(tmp_path / 'out')
+    with pytest.raises(ValueError,
+                       match=f'{path} is not a readable checkpoint '
+                       r'\(truncated or not a torch file'):
+        export_pruned_checkpoint(pruned.cfg, path, out, log=_quiet)
+    assert not osp.exists(out)
+
+
 def test_refuses_a_config_of_another_model(pruned, tmp_path):
     cfg = copy.deepcopy(pruned.cfg)
     cfg.model.decode_head.channels = 24

@@ -65,3 +65,120 @@ def test_load_refuses_other_files(tmp_path):
     torch.save(dict(state_dict=nn.Conv2d(1, 1, 1).state_dict()), path)
     with pytest.raises(ValueError, match='not a sparse checkpoint'):
         load_sparse_checkpoint(path)
+
+
+# ---- integrity: damaged files are refused, naming the tensor and file -----
+
+
+def _written(tmp_path, sparsity: float = 0.9):
+    """A sparse checkpoint on disk, its folded state dict and its raw
+    content (as torch.load returns it)."""
+    folded, masks = _folded(sparsity)
+    path = str(tmp_path / 'sparse.pth')
+    save_sparse_checkpoint(path, folded, masks)
+    return path, folded, torch.load(path, weights_only=True)
+
+
+def _refused(path: str, *fragments: str) -> str:
+    with pytest.raises(ValueError) as info:
+        load_sparse_checkpoint(path)
+    message = str(info.value)
+    assert path in message and 'tools/deploy/export.py' in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_flipped_bytes_refused(tmp_path):
+    path, folded, content = _written(tmp_path)
+    values = content['sparse']['2.weight']['values']
+    raw = bytearray(open(path, 'rb').read())
+    start = bytes(raw).find(values.numpy().tobytes())
+    assert start > 0
+    for offset in (5, 17, 40):  # three flipped bytes among the kept values
+        raw[start + offset] ^= 0x5A
+    open(path, 'wb').write(bytes(raw))
+    _refused(path, "'2.weight'", 'checksum mismatch')
+
+
+def test_flipped_bytes_of_a_dense_tensor_refused(tmp_path):
+    path, folded, content = _written(tmp_path)
+    bias = content['dense']['2.bias']
+    raw = bytearray(open(path, 'rb').read())
+    start = bytes(raw).find(bias.numpy().tobytes())
+    raw[start + 3] ^= 0x01
+    open(path, 'wb').write(bytes(raw))
+    _refused(path, "'2.bias'", 'checksum mismatch')
+
+
+def _rewrite(path: str, content: dict) -> None:
+    torch.save(content, path)
+
+
+def test_halved_bitmask_refused(tmp_path):
+    path, _, content = _written(tmp_path)
+    entry = content['sparse']['0.weight']
+    entry['bitmask'] = entry['bitmask'][:entry['bitmask'].numel() // 2]
+    _rewrite(path, content)
+    _refused(path, "'0.weight'", 'bitmask has')
+
+
+def test_nan_among_kept_values_refused(tmp_path):
+    path, _, content = _written(tmp_path)
+    content['sparse']['2.weight']['values'][3] = float('nan')
+    _rewrite(path, content)
+    _refused(path, "'2.weight'", 'checksum mismatch')
+    # a file without checksums (written before they existed): NaN refused
+    for entry in content['sparse'].values():
+        del entry['crc32'], entry['count']
+    del content['dense_crc32']
+    _rewrite(path, content)
+    _refused(path, "'2.weight'", 'NaN or infinite')
+
+
+def test_too_few_values_refused(tmp_path):
+    path, _, content = _written(tmp_path)
+    entry = content['sparse']['2.weight']
+    entry['values'] = entry['values'][:-1]
+    del entry['crc32']  # the count is checked without the checksum too
+    _rewrite(path, content)
+    _refused(path, "'2.weight'", 'kept values for')
+
+
+@pytest.mark.parametrize('where', ['top', 'tensor', 'entry'])
+def test_missing_key_refused(tmp_path, where):
+    path, _, content = _written(tmp_path)
+    if where == 'top':
+        del content['sparse']
+        fragment = "'sparse' entry is missing"
+    elif where == 'tensor':
+        del content['dense']['2.bias']
+        fragment = "'2.bias'"
+    else:
+        del content['sparse']['0.weight']['values']
+        fragment = "lacks ['values']"
+    _rewrite(path, content)
+    _refused(path, fragment)
+
+
+@pytest.mark.parametrize('garbage', ['random', 'half'])
+def test_random_or_truncated_bytes_refused(tmp_path, garbage):
+    path, _, _ = _written(tmp_path)
+    raw = open(path, 'rb').read()
+    if garbage == 'random':
+        raw = torch.randint(0, 256, (4096, ), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0)
+                            ).numpy().tobytes()
+    else:
+        raw = raw[:len(raw) // 2]
+    open(path, 'wb').write(raw)
+    _refused(path, 'is not a readable checkpoint')
+
+
+def test_files_without_checksums_still_load(tmp_path):
+    path, folded, content = _written(tmp_path)
+    for entry in content['sparse'].values():
+        del entry['crc32'], entry['count']
+    del content['dense_crc32']
+    _rewrite(path, content)
+    assert identical_state_dicts(load_sparse_checkpoint(path), folded)

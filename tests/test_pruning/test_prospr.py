@@ -392,16 +392,91 @@ def test_adjoint_replays_a_stateful_loss():
     # the state is left as after the last forward call, as by the reference
     assert reference.calls == 3 and replayed.calls == 3 + 1 + 1
     torch.testing.assert_close(replayed.previous, reference.previous)
-    # the same loss without the contract is recomputed with the wrong state
-    stateless = DLBLikeLoss()
+    # the same loss without the contract would be recomputed with the
+    # wrong state: refused (test_stateful_closure_loss_refused)
+    hidden = DLBLikeLoss()
+    with pytest.raises(ValueError, match='get_state'):
+        prospr_meta_gradients(model, lambda m, b: hidden(m, b), batches,
+                              params, 2)
 
-    def stateless_loss(model, batch):
-        return stateless(model, batch)
 
-    torch.manual_seed(0)
-    wrong = prospr_meta_gradients(model, stateless_loss, batches, params, 2)
-    name = 'backbone.layer4.1.conv2.weight'
-    assert relative_error(wrong[name], efficient[name]) > 1e-6
+class SmallCNN(nn.Module):
+    """Two convolutions and a linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.backbone(x))
+
+
+def closure_stateful_loss():
+    """CE plus KL to the previous call's predictions, kept in a closure
+    (DLB-style, the natural way to write it: no get_state/set_state)."""
+    previous: List[Tensor] = []
+
+    def loss_fn(model: nn.Module, batch) -> Tensor:
+        inputs, targets = batch
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        if previous:
+            loss = loss + F.kl_div(
+                F.log_softmax(logits, 1),
+                F.softmax(previous[-1], 1),
+                reduction='batchmean')
+        previous[:] = [logits.detach()]
+        return loss
+
+    return loss_fn
+
+
+def cnn_batches(num: int = 1) -> List[tuple]:
+    gen = torch.Generator().manual_seed(3)
+    return [(torch.randn(4, 3, 8, 8, generator=gen),
+             torch.randint(0, 3, (4, ), generator=gen)) for _ in range(num)]
+
+
+@pytest.mark.parametrize('num_steps', [2, 3])
+def test_stateful_closure_loss_refused(num_steps):
+    """The default adjoint sweep repeats loss_fn calls; a loss whose state
+    lives in a closure gives another value on the repeat: refused, naming
+    the step, both values and both fixes."""
+    model = SmallCNN()
+    params = prunable_parameters(model)
+    with pytest.raises(ValueError) as info:
+        prospr_scores(model, closure_stateful_loss(), cnn_batches(), params,
+                      num_steps=num_steps)
+    message = str(info.value)
+    assert f'inner step {num_steps}/{num_steps}' in message
+    assert 'the first time' in message
+    assert 'get_state() and set_state(state)' in message
+    assert 'memory_efficient=False' in message
+    # the unrolled path calls it once per step: scores as defined
+    scores = prospr_scores(model, closure_stateful_loss(), cnn_batches(),
+                           params, num_steps=num_steps,
+                           memory_efficient=False)
+    assert all(scores[n].abs().sum() > 0 for n in params)
+
+
+def test_stateless_loss_on_small_cnn_not_refused():
+    model = SmallCNN()
+    params = prunable_parameters(model)
+
+    def loss_fn(model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    efficient = prospr_meta_gradients(model, loss_fn, cnn_batches(3),
+                                      params, num_steps=3)
+    unrolled = prospr_meta_gradients(model, loss_fn, cnn_batches(3), params,
+                                     num_steps=3, memory_efficient=False)
+    for name in params:
+        torch.testing.assert_close(efficient[name], unrolled[name])
 
 
 def test_loss_fn_with_half_of_the_state_contract_rejected(seg_model,

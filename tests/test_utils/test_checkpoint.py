@@ -63,17 +63,30 @@ def test_weights_only_is_the_default(tmp_path):
         torch.load(path)
 
 
-@pytest.mark.e2e
-def test_safe_globals_registered_by_the_engine_not_by_import_epsd_mm():
-    """A bare ``import epsd_mm`` leaves torch's allow-list alone; building
-    our hooks (importing epsd_mm.engine) registers exactly the list."""
-    script = (
-        'import torch, epsd_mm, epsd_mm.pruning\n'
+def _python(script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter, as a user's own script."""
+    return subprocess.run([sys.executable, '-c', script],
+                          capture_output=True,
+                          text=True,
+                          cwd=REPO_ROOT,
+                          env=dict(os.environ, PYTHONPATH=REPO_ROOT,
+                                   OMP_NUM_THREADS='1',
+                                   PYTHONWARNINGS='ignore'),
+                          timeout=600)
+
+
+@pytest.mark.parametrize('order', ['epsd_mm first', 'torch first'])
+def test_safe_globals_registered_by_import_epsd_mm(order):
+    """``import epsd_mm`` registers exactly the list, whether torch is
+    imported before or after it, and imports neither torch (it waits for
+    it), mmseg nor mmdet."""
+    first = ('import epsd_mm, sys\n'
+             "assert 'torch' not in sys.modules\n"
+             'import torch\n' if order == 'epsd_mm first' else
+             'import torch, epsd_mm, sys\n')
+    script = first + (
+        "assert not {'mmseg', 'mmdet', 'mmpretrain'} & set(sys.modules)\n"
         'from epsd_mm.utils.checkpoint import checkpoint_safe_globals\n'
-        'from mmengine.logging import HistoryBuffer\n'
-        'before = torch.serialization.get_safe_globals()\n'
-        'assert HistoryBuffer not in before and getattr not in before\n'
-        'import epsd_mm.engine\n'
         'safe = torch.serialization.get_safe_globals()\n'
         'assert all(o in safe for o in checkpoint_safe_globals())\n'
         'import builtins, os\n'
@@ -81,13 +94,77 @@ def test_safe_globals_registered_by_the_engine_not_by_import_epsd_mm():
         'builtins.__import__):\n'
         '    assert bad not in safe\n'
         "print('ok')\n")
-    out = subprocess.run([sys.executable, '-c', script],
-                         capture_output=True,
-                         text=True,
-                         cwd=REPO_ROOT,
-                         env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    out = _python(script)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == 'ok'
+
+
+@pytest.mark.e2e
+def test_mmseg_init_model_after_import_epsd_mm(trained, voc_root, helpers,
+                                               tmp_path):
+    """The README's flow: ``import epsd_mm``, then mmseg's own APIs on a
+    training checkpoint (HistoryBuffer message hub, numpy values)."""
+    work_dir, ckpt_path = trained
+    cfg = helpers.make_tiny_cfg(
+        voc_root,
+        work_dir, {'default_hooks.pruning.criterion': 'magnitude'},
+        max_iters=2)
+    cfg.test_pipeline = helpers.test_pipeline  # what inference_model reads
+    cfg_path = str(tmp_path / 'tiny_epsd.py')
+    cfg.dump(cfg_path)
+    image, = glob.glob(osp.join(voc_root, '**', 'JPEGImages', '*.jpg'),
+                       recursive=True)[:1]
+    out = _python(
+        'import epsd_mm\n'
+        'from mmseg.apis import init_model, inference_model\n'
+        f'model = init_model({cfg_path!r}, {ckpt_path!r}, device="cpu")\n'
+        f'result = inference_model(model, {image!r})\n'
+        'print(tuple(result.pred_sem_seg.data.shape))\n')
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1].startswith('(1, ')
+
+
+def _runner_like_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """What an MMEngine Runner writes besides the weights: a message hub of
+    HistoryBuffers holding numpy arrays, numpy scalars in meta."""
+    loss = HistoryBuffer()
+    for value in (1.5, 1.25):
+        loss.update(np.float64(value))
+    torch.save(
+        dict(
+            meta=dict(epoch=np.int64(1), iter=np.int64(13),
+                      seed=np.int64(0), lr=np.float32(0.05)),
+            state_dict=model.state_dict(),
+            message_hub=dict(
+                log_scalars={'train/loss': loss},
+                runtime_info=dict(iter=np.int64(13)),
+                resumed_keys={})), path)
+
+
+@pytest.mark.e2e
+def test_mmdet_init_detector_after_import_epsd_mm(tmp_path):
+    """mmdet's init_detector on a checkpoint of the CUB demo config with a
+    Runner's meta types."""
+    from mmengine.config import Config
+    from epsd_mm.deploy.checkpoint import build_model
+    demo = osp.join(REPO_ROOT, 'configs', 'demo', 'epsd_cam_cub_demo.py')
+    torch.manual_seed(0)
+    model = build_model(Config.fromfile(demo))
+    ckpt_path = str(tmp_path / 'epoch_1.pth')
+    _runner_like_checkpoint(model, ckpt_path)
+    name, weight = next(iter(model.state_dict().items()))
+    reference = str(tmp_path / 'weight.pth')
+    torch.save(weight, reference)
+    out = _python(
+        'import epsd_mm, torch\n'
+        'from mmdet.apis import init_detector\n'
+        f'model = init_detector({demo!r}, {ckpt_path!r}, device="cpu")\n'
+        f'expected = torch.load({reference!r})\n'
+        f'assert torch.equal(model.state_dict()[{name!r}], expected)\n'
+        'out = model(torch.randn(1, 3, 96, 96), mode="tensor")\n'
+        "print('ok')\n")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == 'ok'
 
 
 def test_checkpoint_loads_with_default_torch_load(trained):
@@ -234,3 +311,81 @@ def test_other_numpy_core_globals_still_refused(tmp_path):
         with pytest.raises(pickle.UnpicklingError, match='frombuffer'):
             torch.load(path)
     assert multiarray.frombuffer not in torch.serialization.get_safe_globals()
+
+
+# ---- truncated or foreign files: one clear message naming the file --------
+
+
+def _damaged_copy(source: str, path: str, damage: str) -> str:
+    raw = open(source, 'rb').read()
+    content = dict(
+        truncated=raw[:len(raw) // 2],
+        empty=b'',
+        text=b'<html>403 Forbidden</html>\n',
+        random=np.random.default_rng(0).bytes(4096))[damage]
+    with open(path, 'wb') as f:
+        f.write(content)
+    return path
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'text', 'random'])
+def test_load_checkpoint_file_refuses_unreadable_files(
+        trained, tmp_path, damage):
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    _, ckpt_path = trained
+    path = _damaged_copy(ckpt_path, str(tmp_path / 'iter_2.pth'), damage)
+    with pytest.raises(ValueError) as info:
+        load_checkpoint_file(path)
+    message = str(info.value)
+    assert message.startswith(
+        f'{path} is not a readable checkpoint (truncated or not a torch '
+        'file: ')
+    assert 'earlier iter_*.pth' in message  # the fix
+    assert load_checkpoint_file(ckpt_path)['meta']['iter'] == 2
+
+
+def test_load_checkpoint_file_reads_legacy_and_refuses_missing(tmp_path):
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    path = str(tmp_path / 'legacy.pth')
+    torch.save({'w': torch.ones(2)}, path,
+               _use_new_zipfile_serialization=False)
+    assert torch.equal(load_checkpoint_file(path)['w'], torch.ones(2))
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        load_checkpoint_file(str(tmp_path / 'missing.pth'))
+
+
+def test_unsupported_global_is_not_called_truncated(tmp_path):
+    """A readable file holding a class outside the allow-list keeps
+    torch's own message (the file is fine; the class is not allowed)."""
+    from epsd_mm.utils.checkpoint import load_checkpoint_file
+    path = str(tmp_path / 'obj.pth')
+    torch.save({'obj': NotAllowed(1)}, path)
+    with pytest.raises(pickle.UnpicklingError, match='Unsupported global'):
+        load_checkpoint_file(path)
+
+
+def test_run_refuses_truncated_load_from_before_building(
+        trained, tiny_cfg, tmp_path):
+    """tools/test.py (cfg.load_from) and --resume (the work dir's
+    last_checkpoint) check the file before the Runner is built."""
+    from epsd_mm.utils.launch import run
+    _, ckpt_path = trained
+    path = _damaged_copy(ckpt_path, str(tmp_path / 'iter_2.pth'),
+                         'truncated')
+    built = []
+    cfg = tiny_cfg(work_dir=str(tmp_path / 'test'))
+    cfg.load_from = path
+    with pytest.raises(ValueError, match=f'{path} is not a readable '
+                       'checkpoint.*complete checkpoint'):
+        run(cfg, ('test_dataloader', ), built.append)
+    assert not built
+    work_dir = str(tmp_path / 'resume')
+    os.makedirs(work_dir)
+    with open(osp.join(work_dir, 'last_checkpoint'), 'w') as f:
+        f.write(path)
+    cfg = tiny_cfg(work_dir=work_dir)
+    cfg.resume = True
+    with pytest.raises(ValueError, match=f'{path} is not a readable '
+                       'checkpoint.*last_checkpoint'):
+        run(cfg, ('train_dataloader', ), built.append)
+    assert not built

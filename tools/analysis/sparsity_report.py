@@ -22,14 +22,16 @@ from epsd_mm.pruning import (LayerSparsity, PruningRecord,  # noqa: E402
                              check_masked_state_dict,
                              format_sparsity_table, masked_param_names,
                              rename_legacy_mask_keys, sparsity_stats)
-from epsd_mm.utils import register_checkpoint_safe_globals  # noqa: E402
+from epsd_mm.utils.checkpoint import load_checkpoint_file  # noqa: E402
 
 
 def load_pruned(path: str) -> Tuple[Dict[str, Tensor], Optional[float]]:
     """The masked weights of a checkpoint and its target sparsity, if the
     checkpoint records one."""
-    register_checkpoint_safe_globals()
-    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    checkpoint = load_checkpoint_file(
+        path,
+        lambda file: CheckpointLoader.load_checkpoint(
+            file, map_location='cpu'))
     state = checkpoint.get('state_dict', checkpoint)
     rename_legacy_mask_keys(state)
     check_masked_state_dict(state, path)

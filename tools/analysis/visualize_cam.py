@@ -20,6 +20,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import epsd_mm  # noqa: F401  registers the epsd_mm scope
+from epsd_mm.utils.checkpoint import check_checkpoint_file
 from epsd_mm.visualization import CAMVisualizer
 
 
@@ -52,6 +53,7 @@ def main() -> None:
     # The first --num test images; a Runner so that hooks (e.g. pruning
     # masks) take part in loading the checkpoint.
     cfg.test_dataloader.dataset.indices = args.num
+    check_checkpoint_file(args.checkpoint)
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(args.checkpoint, map_location='cpu')
     dataloader = runner.build_dataloader(cfg.test_dataloader)

@@ -27,10 +27,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..functional import (Progress, as_batch_list, call_with_tensors,
-                          preserved_state, scalar_loss)
+                          detached_leaves, preserved_state, scalar_loss)
 from .base import CRITERIA, Criterion, ScoringInputs
 
 LossFn = Callable[[nn.Module, Any], Tensor]
+
+# A repeated loss_fn call sees the same parameters, batch and RNG state as
+# the first: its loss may differ only by rounding (non-deterministic CUDA
+# reductions), far below what a stale loss state changes.
+REPEAT_RTOL = 1e-5
+REPEAT_ATOL = 1e-7
 
 
 def prospr_scores(model: nn.Module,
@@ -130,7 +136,9 @@ def prospr_meta_gradients(model: nn.Module,
       before every call of the first sweep and restored with ``set_state``
       before that call is repeated. ``get_state()`` must return a snapshot
       that later calls do not modify. A stateful ``loss_fn`` without these
-      methods gets wrong meta-gradients (the repeats see the final state).
+      methods is refused: each repeated call's loss is compared with the
+      first call's (relative tolerance ``1e-5``) and a difference raises a
+      ``ValueError`` naming the step.
       Afterwards the state (and the RNG) are left as after the first
       sweep's last call, as with ``memory_efficient=False``;
     * buffers are not restored between the calls: train-mode BatchNorm
@@ -279,11 +287,6 @@ class _CallState:
             loss_fn.set_state(self.loss_state)
 
 
-def _leaves(tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Differentiable aliases (no copy) of ``tensors``."""
-    return {n: t.detach().requires_grad_(True) for n, t in tensors.items()}
-
-
 class _InnerSteps:
     """The inner SGD steps of ProsPr and their adjoint (reverse) sweep.
 
@@ -326,13 +329,36 @@ class _InnerSteps:
         # loss_fn call and the parameters the step did not use.
         self.calls: List[List[_CallState]] = []
         self.skipped: List[Set[str]] = []
+        # The loss of each call of the first sweep, per step: the repeats
+        # must give the same value.
+        self.first_losses: List[List[Tensor]] = []
 
     # -- forward ---------------------------------------------------------
-    def _loss(self, tensors: Mapping[str, Tensor], batch: Any,
-              group_size: int, where: str) -> Tensor:
+    def _loss(self,
+              tensors: Mapping[str, Tensor],
+              batch: Any,
+              group_size: int,
+              where: str,
+              call: Optional[Tuple[int, int, bool]] = None) -> Tensor:
         """The loss of one micro-batch, scaled for its group; reports
-        progress as ``'<where>, batch i/G (loss evaluation n/total)'``."""
-        loss = call_with_tensors(self.model, tensors, self.loss_fn, batch)
+        progress as ``'<where>, batch i/G (loss evaluation n/total)'``.
+
+        Args:
+            tensors (Mapping[str, Tensor]): Parameters to run the model
+                with.
+            batch (Any): The micro-batch.
+            group_size (int): Micro-batches of this loss evaluation.
+            where (str): The call's place, for the progress report.
+            call (tuple, optional): ``(step, index, repeat)`` of an inner
+                step's call: the first sweep's (``repeat=False``) loss is
+                recorded, a repeat's is checked against it. Defaults to
+                None (the final loss, never repeated).
+
+        Returns:
+            Tensor: The scalar loss divided by ``group_size``.
+        """
+        loss = scalar_loss(
+            call_with_tensors(self.model, tensors, self.loss_fn, batch))
         self.calls_done += 1
         if self.progress is not None:
             total = max(self.total_calls, self.calls_done)
@@ -340,7 +366,48 @@ class _InnerSteps:
             self.progress(
                 f'{where}, batch {index}/{group_size} (loss evaluation '
                 f'{self.calls_done}/{total})', self.calls_done / total)
-        return scalar_loss(loss) / group_size
+        if call is not None:
+            step, index, repeat = call
+            if repeat:
+                self._check_repeat(step, index, loss.detach())
+            else:
+                if index == 0:
+                    self.first_losses.append([])
+                self.first_losses[step].append(loss.detach())
+        return loss / group_size
+
+    def _check_repeat(self, step: int, index: int, loss: Tensor) -> None:
+        """Refuse a repeated call whose loss differs from the first's.
+
+        Args:
+            step (int): The inner step (0-based).
+            index (int): The micro-batch within the step's group.
+            loss (Tensor): The repeated call's (unscaled) loss.
+
+        Raises:
+            ValueError: The loss differs beyond rounding: ``loss_fn`` keeps
+                state that ProsPr cannot replay.
+        """
+        first = self.first_losses[step][index]
+        if torch.allclose(
+                loss, first, rtol=REPEAT_RTOL, atol=REPEAT_ATOL,
+                equal_nan=True):
+            return
+        group_size = len(self.groups[step])
+        batch = (f', micro-batch {index + 1}/{group_size}'
+                 if group_size > 1 else '')
+        raise ValueError(
+            f'loss_fn gave {loss.item():.8g} when ProsPr recomputed inner '
+            f'step {step + 1}/{len(self.groups) - 1}{batch} but '
+            f'{first.item():.8g} the first time, with the same parameters, '
+            'batch and RNG state: it keeps state between calls (e.g. the '
+            'previous predictions in a closure), which the default '
+            'adjoint sweep (memory_efficient=True) cannot replay, so its '
+            'scores would be wrong. Give loss_fn methods get_state() and '
+            'set_state(state) (ProsPr saves the state before each call and '
+            'restores it before the repeat) or score with '
+            'memory_efficient=False (one call per step, memory grows with '
+            'num_steps)')
 
     def run_steps(self, count: int, replay: bool, keep_last: bool = False
                   ) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Tensor]]]:
@@ -362,7 +429,7 @@ class _InnerSteps:
         theta, previous, velocity = self.theta, None, {}
         owned: Set[str] = set()  # names whose tensor is ours, not the model's
         for k in range(count):
-            leaves = _leaves(theta)
+            leaves = detached_leaves(theta)
             if not replay:
                 self.calls.append([])
             for i, batch in enumerate(self.groups[k]):
@@ -373,7 +440,7 @@ class _InnerSteps:
                 loss = self._loss(
                     leaves, batch, len(self.groups[k]),
                     f"{'replay' if replay else 'inner'} step "
-                    f'{k + 1}/{len(self.groups) - 1}')
+                    f'{k + 1}/{len(self.groups) - 1}', (k, i, replay))
                 _accumulate(loss, list(leaves.values()))
             grads = {name: leaf.grad for name, leaf in leaves.items()}
             del leaves, loss
@@ -423,7 +490,8 @@ class _InnerSteps:
         # replaying it would cost M-1 steps; the rest are replayed.
         theta, last = self.run_steps(
             num_steps, replay=False, keep_last=not first_order)
-        leaves, frozen = _leaves(theta), _leaves(self.frozen)
+        leaves = detached_leaves(theta)
+        frozen = detached_leaves(self.frozen)
         del theta
         group = self.groups[num_steps]
         for batch in group:
@@ -497,10 +565,10 @@ class _InnerSteps:
         ]
         if not stepped:  # nothing flows back through this step
             return
-        leaves = _leaves(theta)
+        leaves = detached_leaves(theta)
         del theta
         inputs = list(leaves.values()) + list(frozen.values())
-        for call, batch in zip(self.calls[k], group):
+        for i, (call, batch) in enumerate(zip(self.calls[k], group)):
             call.restore(self.loss_fn)
             products: List[Tensor] = []
 
@@ -514,7 +582,7 @@ class _InnerSteps:
             ]
             loss = self._loss({**leaves, **frozen}, batch, len(group),
                               f'back through step {k + 1}/'
-                              f'{len(self.groups) - 1}')
+                              f'{len(self.groups) - 1}', (k, i, True))
             with warnings.catch_warnings():
                 # the leaf-gradient reference cycle it warns about is
                 # broken by `fold`, which resets each .grad at once
@@ -549,7 +617,10 @@ class _InnerSteps:
         Returns:
             dict[str, Tensor | None]: Adjoint per name (None if unused).
         """
-        start = {**_leaves(self.theta), **_leaves(self.frozen)}
+        start = {
+            **detached_leaves(self.theta),
+            **detached_leaves(self.frozen)
+        }
         fast = dict(start)
         trainable = list(self.theta)
         velocity: Dict[str, Tensor] = {}
