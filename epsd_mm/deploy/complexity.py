@@ -156,29 +156,15 @@ def format_complexity_table(rows: List[PartComplexity]) -> str:
     Returns:
         str: Params and FLOPs, dense and effective, with their ratio.
     """
-
-    def ratio(effective: int, dense: int) -> str:
-        return f'{effective / dense:.3f}' if dense else '-'
-
     with_flops = rows[-1].flops is not None
-    table = PrettyTable()
-    table.field_names = [
-        'part', 'params', 'effective params', 'params ratio'
-    ] + (['FLOPs', 'effective FLOPs', 'FLOPs ratio'] if with_flops else [])
-    for r in rows:
-        cells = [
-            r.name, f'{r.params:,}', f'{r.effective_params:,}',
-            ratio(r.effective_params, r.params)
-        ]
-        if with_flops:
-            cells += [
-                f'{r.flops:,}', f'{r.effective_flops:,}',
-                ratio(r.effective_flops, r.flops)
-            ]
-        table.add_row(cells)
-    table.align = 'r'
-    table.align['part'] = 'l'
-    return table.get_string()
+    return _render(
+        ['part', 'params', 'effective params', 'params ratio'] +
+        (['FLOPs', 'effective FLOPs', 'FLOPs ratio'] if with_flops else []),
+        [[r.name, f'{r.params:,}', f'{r.effective_params:,}',
+          _ratio(r.effective_params, r.params)] +
+         ([f'{r.flops:,}', f'{r.effective_flops:,}',
+           _ratio(r.effective_flops, r.flops)] if with_flops else [])
+         for r in rows])
 
 
 def format_complexity_change(before: List[PartComplexity],
@@ -194,28 +180,34 @@ def format_complexity_change(before: List[PartComplexity],
         str: Per part, the effective counts before and after, and their
         ratio.
     """
-
-    def ratio(new: Optional[int], old: Optional[int]) -> str:
-        return f'{new / old:.3f}' if old else '-'
-
     old = {r.name: r for r in before}
     with_flops = after[-1].flops is not None and before[-1].flops is not None
-    table = PrettyTable()
-    table.field_names = [
-        'part', 'params before', 'params after', 'params ratio'
-    ] + (['FLOPs before', 'FLOPs after', 'FLOPs ratio'] if with_flops else [])
+    cells = []
     for r in after:
         b = old.get(r.name, PartComplexity(r.name, 0, 0, 0, 0))
-        cells = [
+        cells.append([
             r.name, f'{b.effective_params:,}', f'{r.effective_params:,}',
-            ratio(r.effective_params, b.effective_params)
-        ]
-        if with_flops:
-            cells += [
-                f'{b.effective_flops:,}', f'{r.effective_flops:,}',
-                ratio(r.effective_flops, b.effective_flops)
-            ]
-        table.add_row(cells)
+            _ratio(r.effective_params, b.effective_params)
+        ] + ([
+            f'{b.effective_flops:,}', f'{r.effective_flops:,}',
+            _ratio(r.effective_flops, b.effective_flops)
+        ] if with_flops else []))
+    return _render(
+        ['part', 'params before', 'params after', 'params ratio'] +
+        (['FLOPs before', 'FLOPs after', 'FLOPs ratio']
+         if with_flops else []), cells)
+
+
+def _ratio(new: Optional[int], old: Optional[int]) -> str:
+    return f'{new / old:.3f}' if old else '-'
+
+
+def _render(fields: List[str], rows: List[List[str]]) -> str:
+    """A right-aligned table with the part names left-aligned."""
+    table = PrettyTable()
+    table.field_names = fields
+    for row in rows:
+        table.add_row(row)
     table.align = 'r'
     table.align['part'] = 'l'
     return table.get_string()

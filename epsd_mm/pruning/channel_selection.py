@@ -38,7 +38,7 @@ def select_channels(scores: Mapping[str, Tensor],
 
     Args:
         scores (Mapping[str, Tensor]): 1-D score per group name, e.g. from
-            :func:`~.channel_scores.compute_channel_scores`.
+            :func:`~.criteria.compute_channel_scores`.
         sparsity (float): Fraction of channels removed, in ``[0, 1)``.
         selection (str): ``'global'`` or ``'layerwise'`` (per group).
             Defaults to ``'global'``.

@@ -663,7 +663,7 @@ class ProsPr(Criterion):
 
     Weights: :func:`prospr_scores`. Channels: the meta-gradient of a
     channel's mask, the sum of the element-wise meta-gradients over the
-    channel's entries (:func:`~..channel_scores.channel_mask_gradients`),
+    channel's entries (:meth:`~epsd_mm.pruning.ChannelGraph.channel_sums`),
     in absolute value.
 
     Args:
