@@ -522,8 +522,13 @@ def run_command(command: str,
 
 def make_recipe(target: str) -> List[str]:
     """The lines `make -n TARGET` would run (its prerequisites included)."""
-    proc = subprocess.run(['make', '-n', '-B', target],
+    # run inside `make test` (CI), make would print "Entering directory"
+    # lines and pass the outer command line's variables down
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('MAKELEVEL', 'MAKEFLAGS', 'MFLAGS')}
+    proc = subprocess.run(['make', '-n', '-B', '--no-print-directory', target],
                           cwd=REPO_ROOT,
+                          env=env,
                           stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT,
                           text=True)
