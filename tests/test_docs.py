@@ -523,9 +523,10 @@ def run_command(command: str,
 def make_recipe(target: str) -> List[str]:
     """The lines `make -n TARGET` would run (its prerequisites included)."""
     # run inside `make test` (CI), make would print "Entering directory"
-    # lines and pass the outer command line's variables down
+    # lines and see the outer command line's variables (PYTEST_ARGS=...)
     env = {k: v for k, v in os.environ.items()
-           if k not in ('MAKELEVEL', 'MAKEFLAGS', 'MFLAGS')}
+           if k not in ('MAKELEVEL', 'MAKEFLAGS', 'MFLAGS', 'PYTEST_ARGS',
+                        'DEMO_CONFIG')}
     proc = subprocess.run(['make', '-n', '-B', '--no-print-directory', target],
                           cwd=REPO_ROOT,
                           env=env,
