@@ -29,11 +29,6 @@ PYTHON = osp.join(REPO_ROOT, '.venv', 'bin', 'python')
 CROP = (64, 64)
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line(
-        'markers', 'e2e: end-to-end runs (a Runner, a subprocess or torchrun) '
-        'that prove an integration; `pytest -m "not e2e"` runs the rest')
-
 _counter = itertools.count()
 
 # Tests read MMEngine checkpoints with torch.load (weights_only) outside a
@@ -48,8 +43,8 @@ torch.set_num_threads(1)
 
 def pytest_configure(config) -> None:
     config.addinivalue_line(
-        'markers', 'e2e: trains a tiny model or runs a whole flow in a '
-        'subprocess (slower; deselect with -m "not e2e")')
+        'markers', 'e2e: end-to-end runs (a Runner, a subprocess or torchrun) '
+        'that prove an integration; `pytest -m "not e2e"` runs the unit tests')
 
 
 def train_pipeline(random_aug: bool = True) -> list:
