@@ -5,6 +5,8 @@ The tiny config is ``configs/demo/epsd_deeplab_voc_demo.py`` (itself EPSD on
 channels, 64 px crops, batch 2, no dataloader workers, a handful of
 iterations and a 1-step ProsPr on 2 batches.
 """
+import copy
+import functools
 import glob
 import itertools
 import os
@@ -17,6 +19,8 @@ from typing import Callable, Dict, Optional
 
 import pytest
 import torch
+import mmengine.config.config as mmengine_config
+from yapf.yapflib import yapf_api
 from mmengine.config import Config
 
 from epsd_mm.datasets.demo_voc import write_voc_demo
@@ -35,6 +39,40 @@ _counter = itertools.count()
 # Runner, as a user's own script would; a Runner with our hooks registers
 # these itself.
 register_checkpoint_safe_globals()
+
+# Config.pretty_text formats the whole config with yapf (~1 s for the demo
+# config) and a Runner asks for it up to 5 times (log, dump, runtime info,
+# checkpoint meta) with the same text; yapf's output depends on the text
+# alone, so the in-process suite remembers it.
+_format_code = functools.lru_cache(maxsize=64)(
+    lambda text, style: yapf_api.FormatCode(
+        text, style_config=dict(style)))
+mmengine_config.FormatCode = (
+    lambda text, style_config: _format_code(text,
+                                            tuple(style_config.items())))
+
+
+
+@functools.lru_cache(maxsize=None)
+def _external_cfg_path(package_path: str, cfg_file: str):
+    try:
+        return _get_external_cfg_path(package_path, cfg_file), None
+    except ValueError as error:  # a base config: mmengine falls back on it
+        return None, error
+
+
+def _cached_external_cfg_path(package_path: str, cfg_file: str) -> str:
+    path, error = _external_cfg_path(package_path, cfg_file)
+    if error is not None:
+        raise error
+    return path
+
+
+# Each `mmseg::`/`mmdet::` base in a config makes mmengine read all of the
+# package's ~200 metafiles (~0.4 s) to look it up (and fail, for a _base_
+# file); the installed files do not change during the suite.
+_get_external_cfg_path = mmengine_config._get_external_cfg_path
+mmengine_config._get_external_cfg_path = _cached_external_cfg_path
 
 # Shared 2-core machine: with other processes running, intra-op threads
 # oversubscribe the cores and make tiny convolutions 10-50x slower.
@@ -95,6 +133,12 @@ TEST_PIPELINE = [
 ]
 
 
+@functools.lru_cache(maxsize=None)
+def demo_config() -> Config:
+    """``configs/demo/epsd_deeplab_voc_demo.py``, read once (copy it)."""
+    return Config.fromfile(DEMO_CONFIG)
+
+
 def make_tiny_cfg(data_root: str,
                   work_dir: str,
                   overrides: Optional[Dict] = None,
@@ -114,7 +158,7 @@ def make_tiny_cfg(data_root: str,
         random_aug (bool): Random geometric/photometric augmentation in the
             train pipeline.
     """
-    cfg = Config.fromfile(DEMO_CONFIG)
+    cfg = copy.deepcopy(demo_config())
     # Top-level helper variables of the config files that no component
     # reads; dropping them keeps Config.pretty_text (formatted with yapf up
     # to 5 times per run: log, dump, visualizer, checkpoint meta) cheap.
@@ -124,6 +168,8 @@ def make_tiny_cfg(data_root: str,
     for dataset in cfg.train_dataloader.dataset.datasets:
         dataset.data_root = data_root
         dataset.pipeline = pipeline
+        # mmengine pickles the few samples' infos (and runs gc) otherwise
+        dataset.serialize_data = False
     name = f'tiny{next(_counter)}_{os.getpid()}'
     cfg.merge_from_dict({
         'work_dir': work_dir,
@@ -142,6 +188,7 @@ def make_tiny_cfg(data_root: str,
         'val_dataloader.num_workers': 0,
         'val_dataloader.dataset.data_root': data_root,
         'val_dataloader.dataset.pipeline': TEST_PIPELINE,
+        'val_dataloader.dataset.serialize_data': False,
         'train_cfg.max_iters': max_iters,
         'train_cfg.val_interval': max_iters,
         'param_scheduler': [
