@@ -129,8 +129,9 @@ class ChannelGraph:
     scopes. Layers outside (e.g. the decode head) are never cut, but their
     input channels are adapted when the channels feeding them are removed.
     A group whose channels reach an output of the traced forward (e.g. the
-    logits of a classifier in scope) or an unwrapped ``nn.Parameter`` (e.g.
-    a ViT's position embedding) is left out.
+    class channels of a classifier's or a decode head's last layer: no layer
+    consumes them) or an unwrapped ``nn.Parameter`` (e.g. a ViT's position
+    embedding) is left out; :attr:`output_groups` names the former.
 
     Tracing runs one forward of ``forward_fn(model, example_inputs)`` (or
     ``model(example_inputs)``) with autograd on; it must reach every
@@ -161,6 +162,9 @@ class ChannelGraph:
         model (nn.Module): The model.
         groups (dict[str, ChannelGroup]): Groups by root module name, in
             module order.
+        output_groups (list[str]): Root modules inside the scopes whose
+            output channels are outputs of the traced forward (e.g. class
+            channels), never cut.
     """
 
     def __init__(self,
@@ -188,11 +192,18 @@ class ChannelGraph:
         ]
         order = {name: i for i, name in enumerate(names.values())}
         found: List[Tuple[ChannelGroup, Any]] = []
+        self.output_groups: List[str] = []
         for tp_group in self.graph.get_all_groups(
                 ignored_layers=outside, root_module_types=ROOT_TYPES):
             group = self._describe(tp_group, names)
-            if group is not None:
+            if group is None:
+                continue
+            if not group.consumers:
+                # nothing reads these channels: they leave the forward
+                self.output_groups.append(group.name)
+            else:
                 found.append((group, tp_group))
+        self.output_groups.sort(key=order.__getitem__)
         if not found:
             raise ValueError(
                 f'no output channel of {type(model).__name__} can be cut '

@@ -531,7 +531,12 @@ class ChannelPruner(Pruner):
 
     def _apply(self, model: nn.Module, units: ChannelGraph,
                keep: Dict[str, Tensor]) -> str:
-        return format_slim_table(slim_channels(units, keep))
+        table = format_slim_table(slim_channels(units, keep))
+        if units.output_groups:
+            table = ('output channels kept whole (no layer reads them, e.g. '
+                     f'class channels): {", ".join(units.output_groups)}\n' +
+                     table)
+        return table
 
     def _counts(self, model: nn.Module,
                 keep: Dict[str, Tensor]) -> Dict[str, Any]:
