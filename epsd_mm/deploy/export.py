@@ -149,8 +149,9 @@ def _check_int8_args(cfg: Config, onnx: bool, calib_num: int,
                          'onnx=True too (tools/deploy/export.py: --int8 '
                          'implies --onnx)')
     if calib_num < 1:
-        raise ValueError(f'--calib-num {calib_num}: int8 calibration needs '
-                         'at least one image; pass 1 or more (default 32)')
+        raise ValueError(f'--calib-num {calib_num} (calib_num): int8 '
+                         'calibration needs at least one image; pass 1 or '
+                         'more (default 32)')
     try:
         import onnx as _onnx  # noqa: F401
         import onnxruntime.quantization  # noqa: F401

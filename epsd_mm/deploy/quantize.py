@@ -18,6 +18,7 @@ per-channel int8 weights, uint8 activations) calibrated on those batches,
 then reports which operators onnxruntime still runs in fp32 and how far the
 int8 outputs are from the fp32 ones on the calibration batches.
 """
+import itertools
 import os.path as osp
 import tempfile
 from collections import Counter
@@ -215,7 +216,7 @@ def calibration_batches(cfg: Config,
                 f'`{key}.dataset` (data_root={root!r}) and its files, or '
                 'calibrate on the other split (--calib-split)') from error
         dataset = dataloader.dataset
-        indices = list(iter(dataloader.sampler))[:num]
+        indices = list(itertools.islice(iter(dataloader.sampler), num))
         if len(indices) < num:
             log(f'int8 calibration: `{key}` holds {len(indices)} images, '
                 f'fewer than the {num} asked for; using all of them')

@@ -154,7 +154,7 @@ def test_bad_int8_input_is_refused_before_writing(case, pruned, voc_root,
         match = 'pass onnx=True too'
     elif case == 'calib_num_0':
         kwargs['calib_num'] = 0
-        match = '--calib-num 0: .* at least one image'
+        match = r'--calib-num 0 \(calib_num\): .* at least one image'
     elif case == 'no_val_dataloader':
         cfg.val_dataloader = None
         match = ('config has no `val_dataloader`; pass --calib-split test '
