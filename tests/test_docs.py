@@ -164,6 +164,12 @@ COMMANDS: Dict[str, Shrink] = {
     'work_dirs/demo/iter_300.pth --out-dir work_dirs/demo/export --onnx':
         Shrink(needs=('demo_run', ),
                expect=('sparse.pth', 'pruned by EarlyPruningHook: prospr')),
+    # the shrunk demo's val split has 4 images: calibration uses them all
+    'python tools/deploy/export.py configs/demo/epsd_deeplab_voc_demo.py '
+    'work_dirs/demo/iter_300.pth --out-dir work_dirs/demo/export_int8 --int8':
+        Shrink(needs=('demo_run', ),
+               expect=('model_int8.onnx', 'QLinearConv x29',
+                       'ReduceMean x1, Resize x1 stay fp32')),
     'python tools/analysis/get_flops.py configs/demo/epsd_deeplab_voc_demo.py '
     'work_dirs/demo/iter_300.pth':
         Shrink(needs=('demo_run', ), expect=('247,907', )),

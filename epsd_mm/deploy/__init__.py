@@ -3,7 +3,7 @@
 Typical use (what ``tools/deploy/export.py`` does)::
 
     result = export_pruned_checkpoint(cfg, 'work_dirs/epsd/iter_20000.pth',
-                                      'deploy/', onnx=True)
+                                      'deploy/', onnx=True, int8=True)
     state_dict = load_sparse_checkpoint('deploy/sparse.pth')
 
 and, for a (pruned) model, its params and FLOPs counting only the weights
@@ -18,14 +18,16 @@ from .config import deploy_config, input_shape_from_cfg, plain_model_cfg
 from .export import ExportResult, check_out_dir, export_pruned_checkpoint
 from .fold import fold_masks
 from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
+from .quantize import QuantizeReport, calibration_batches, quantize_int8
 from .sparse import (SparseSummary, identical_state_dicts,
                      load_sparse_checkpoint, save_sparse_checkpoint)
 
 __all__ = [
-    'ExportResult', 'PartComplexity', 'SparseSummary', 'TensorModeModel',
-    'build_model', 'check_out_dir', 'deploy_config', 'export_onnx',
-    'export_pruned_checkpoint', 'fold_masks', 'format_complexity_table',
-    'identical_state_dicts', 'input_shape_from_cfg', 'load_sparse_checkpoint',
-    'model_complexity', 'onnx_max_abs_diff', 'plain_model_cfg',
-    'save_sparse_checkpoint', 'zero_weight_masks'
+    'ExportResult', 'PartComplexity', 'QuantizeReport', 'SparseSummary',
+    'TensorModeModel', 'build_model', 'calibration_batches', 'check_out_dir',
+    'deploy_config', 'export_onnx', 'export_pruned_checkpoint', 'fold_masks',
+    'format_complexity_table', 'identical_state_dicts', 'input_shape_from_cfg',
+    'load_sparse_checkpoint', 'model_complexity', 'onnx_max_abs_diff',
+    'plain_model_cfg', 'quantize_int8', 'save_sparse_checkpoint',
+    'zero_weight_masks'
 ]

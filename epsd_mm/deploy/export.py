@@ -12,7 +12,11 @@ then writes:
 * ``sparse.pth``: the same weights, pruned tensors as bitmask plus values
   (read with :func:`~epsd_mm.deploy.load_sparse_checkpoint`);
 * ``model.onnx`` (optional): the tensor-mode network, checked against
-  PyTorch with onnxruntime.
+  PyTorch with onnxruntime;
+* ``model_int8.onnx`` (optional, with ``model.onnx``): the same network
+  statically quantized to int8 by onnxruntime, calibrated on images drawn
+  through the config's own dataloader (see
+  :mod:`~epsd_mm.deploy.quantize`).
 """
 import io
 import os
@@ -34,6 +38,8 @@ from .checkpoint import (build_masked_model, build_model,
 from .config import deploy_config, input_shape_from_cfg
 from .fold import fold_masks
 from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
+from .quantize import (QuantizeReport, calibration_batches,
+                       calibration_dataloader_cfg, quantize_int8)
 from .sparse import (SparseSummary, identical_state_dicts,
                      load_sparse_checkpoint, save_sparse_checkpoint)
 
@@ -41,6 +47,7 @@ FOLDED = 'folded.pth'
 SPARSE = 'sparse.pth'
 CONFIG = 'deploy_config.py'
 ONNX = 'model.onnx'
+ONNX_INT8 = 'model_int8.onnx'
 
 _CONFIG_HEADER = (
     '# Deploy config written by tools/deploy/export.py from {source}.\n'
@@ -69,6 +76,8 @@ class ExportResult(NamedTuple):
         meta (dict): The pruning record stored in the checkpoints.
         changes (list[str]): What the deploy config changed, and state
             dropped from the checkpoint.
+        int8 (QuantizeReport, optional): The int8 quantization's report,
+            if ``model_int8.onnx`` was written.
     """
     files: List[Tuple[str, int]]
     dense_bytes: int
@@ -77,6 +86,7 @@ class ExportResult(NamedTuple):
     onnx_diff: Optional[float]
     meta: dict
     changes: List[str]
+    int8: Optional[QuantizeReport] = None
 
 
 def check_out_dir(out_dir: str, force: bool) -> None:
@@ -130,6 +140,27 @@ def _folded_meta(checkpoint: dict, deploy_cfg: Config, pruning: dict) -> dict:
     return folded['meta']
 
 
+def _check_int8_args(cfg: Config, onnx: bool, calib_num: int,
+                     calib_split: str) -> None:
+    """Refuse int8 arguments that cannot work, before anything is
+    loaded or written."""
+    if not onnx:
+        raise ValueError('int8=True quantizes the exported model.onnx; pass '
+                         'onnx=True too (tools/deploy/export.py: --int8 '
+                         'implies --onnx)')
+    if calib_num < 1:
+        raise ValueError(f'--calib-num {calib_num} (calib_num): int8 '
+                         'calibration needs at least one image; pass 1 or '
+                         'more (default 32)')
+    try:
+        import onnx as _onnx  # noqa: F401
+        import onnxruntime.quantization  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f'int8 export needs onnx and onnxruntime ({error}); '
+                          'pip install onnx onnxruntime') from None
+    calibration_dataloader_cfg(cfg, calib_split)
+
+
 def export_pruned_checkpoint(
         cfg: Config,
         checkpoint: str,
@@ -139,6 +170,9 @@ def export_pruned_checkpoint(
         force: bool = False,
         atol: float = 1e-5,
         onnx_atol: float = 1e-4,
+        int8: bool = False,
+        calib_num: int = 32,
+        calib_split: str = 'val',
         log: Callable[[str], None] = print) -> ExportResult:
     """Export a pruned checkpoint to folded, sparse (and ONNX) files.
 
@@ -156,12 +190,23 @@ def export_pruned_checkpoint(
             the folded model's outputs. Defaults to 1e-5.
         onnx_atol (float): Largest accepted difference between onnxruntime
             and PyTorch. Defaults to 1e-4.
+        int8 (bool): Also write ``model_int8.onnx``, statically quantized
+            with onnxruntime (needs ``onnx=True``). The calibration images
+            are drawn (before anything is written) through the config's
+            ``<calib_split>_dataloader`` and the model's data preprocessor,
+            and resized (bilinear) to ``shape`` where their preprocessed size
+            differs. Defaults to False.
+        calib_num (int): Number of calibration images. Defaults to 32.
+        calib_split (str): ``'val'`` or ``'test'``: the dataloader drawn
+            from. Defaults to ``'val'``.
         log (Callable[[str], None]): Progress messages. Defaults to print.
 
     Returns:
         ExportResult: The files written and the checks.
     """
     check_out_dir(out_dir, force)
+    if int8:
+        _check_int8_args(cfg, onnx, calib_num, calib_split)
     shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
     ckpt = load_checkpoint_dict(checkpoint)
     slim_spec = PruningRecord.from_checkpoint(ckpt).slim_spec
@@ -206,12 +251,20 @@ def export_pruned_checkpoint(
             f'{logits_diff:.2e} > {atol:.0e}; nothing was written. Check that '
             'the config is the one the checkpoint was trained with.')
 
+    batches = None
+    if int8:
+        log(f'int8 calibration: drawing {calib_num} images through '
+            f'`{calib_split}_dataloader` (resized to {shape[0]}x{shape[1]} '
+            'where the pipeline gives another size)')
+        batches = calibration_batches(
+            cfg, plain, calib_num, calib_split, shape, log=log)
+
     pruning = pruning_meta(ckpt, masks, checkpoint)
     meta = _folded_meta(ckpt, deploy_cfg, pruning)
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         name: osp.join(out_dir, name)
-        for name in (FOLDED, CONFIG, SPARSE, ONNX)
+        for name in (FOLDED, CONFIG, SPARSE, ONNX, ONNX_INT8)
     }
     with open(paths[CONFIG], 'w', encoding='utf-8') as f:
         f.write(
@@ -234,7 +287,7 @@ def export_pruned_checkpoint(
          if summary.num_sparse else 'no masked tensors (all stored dense)'))
     written = [paths[FOLDED], paths[SPARSE], paths[CONFIG]]
 
-    onnx_diff = None
+    onnx_diff = int8_report = None
     if onnx:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = osp.join(tmp, ONNX)
@@ -247,7 +300,15 @@ def export_pruned_checkpoint(
                 raise RuntimeError(
                     f'onnxruntime differs from PyTorch by {onnx_diff:.2e} > '
                     f'{onnx_atol:.0e}; {ONNX} was not written.')
+            if int8:
+                int8_path = osp.join(tmp, ONNX_INT8)
+                int8_report = quantize_int8(tmp_path, int8_path, batches)
+                log(int8_report.summary())
             shutil.move(tmp_path, paths[ONNX])
-        written.append(paths[ONNX])
+            written.append(paths[ONNX])
+            if int8:
+                shutil.move(int8_path, paths[ONNX_INT8])
+                written.append(paths[ONNX_INT8])
     return ExportResult([(p, osp.getsize(p)) for p in written], dense_bytes,
-                        summary, logits_diff, onnx_diff, pruning, changes)
+                        summary, logits_diff, onnx_diff, pruning, changes,
+                        int8_report)

@@ -1,5 +1,5 @@
 """Export a pruned checkpoint: folded and sparse checkpoints, deploy config,
-optionally ONNX.
+optionally ONNX (fp32 and int8).
 
 Writes to ``--out-dir``:
 
@@ -9,14 +9,23 @@ Writes to ``--out-dir``:
                        (epsd_mm.deploy.load_sparse_checkpoint)
     model.onnx         with --onnx: model(inputs, mode='tensor'), checked
                        against PyTorch with onnxruntime
+    model_int8.onnx    with --int8: model.onnx statically quantized by
+                       onnxruntime (QDQ, per-channel int8 weights, uint8
+                       activations), calibrated on --calib-num images drawn
+                       through the config's val (or test) dataloader and the
+                       model's data_preprocessor; images whose preprocessed
+                       size differs from the graph's fixed input size
+                       (--shape) are resized (bilinear) to it
 
 Example:
     python tools/deploy/export.py configs/epsd_deeplab_voc.py \
-        work_dirs/epsd/iter_20000.pth --out-dir work_dirs/epsd/deploy --onnx
+        work_dirs/epsd/iter_20000.pth --out-dir work_dirs/epsd/deploy --onnx \
+        --int8
 """
 import argparse
 import os.path as osp
 import sys
+from typing import List, Optional
 
 from mmengine.config import Config, DictAction
 from prettytable import PrettyTable
@@ -25,7 +34,16 @@ from epsd_mm.deploy import export_pruned_checkpoint
 from epsd_mm.utils import register_checkpoint_safe_globals
 
 
-def parse_args() -> argparse.Namespace:
+def positive_int(text: str) -> int:
+    """An ``int`` of at least 1 (argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f'{value} is not a number of images; pass 1 or more')
+    return value
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         'config', help='the config the checkpoint was '
@@ -35,6 +53,22 @@ def parse_args() -> argparse.Namespace:
         '--out-dir', required=True, help='directory to write the files to')
     parser.add_argument(
         '--onnx', action='store_true', help='also export model.onnx')
+    parser.add_argument(
+        '--int8',
+        action='store_true',
+        help='also export model_int8.onnx, quantized statically with '
+        'onnxruntime (implies --onnx); lists the ops left in fp32')
+    parser.add_argument(
+        '--calib-num',
+        type=positive_int,
+        default=32,
+        help='with --int8: number of calibration images (default 32)')
+    parser.add_argument(
+        '--calib-split',
+        choices=('val', 'test'),
+        default='val',
+        help='with --int8: calibrate on the config\'s val_dataloader '
+        '(default) or test_dataloader')
     parser.add_argument(
         '--shape',
         type=int,
@@ -52,7 +86,9 @@ def parse_args() -> argparse.Namespace:
         action=DictAction,
         help='override settings of the config, e.g. the ones the run was '
         'trained with on the command line')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.onnx = args.onnx or args.int8
+    return args
 
 
 def size_table(files, source: str, dense_bytes: int) -> str:
@@ -83,9 +119,12 @@ def main() -> None:
             args.out_dir,
             shape=args.shape,
             onnx=args.onnx,
-            force=args.force)
-    except (FileExistsError, FileNotFoundError, NotADirectoryError,
-            ValueError) as error:
+            force=args.force,
+            int8=args.int8,
+            calib_num=args.calib_num,
+            calib_split=args.calib_split)
+    except (FileExistsError, FileNotFoundError, ImportError,
+            NotADirectoryError, ValueError) as error:
         # bad input, refused before anything is written
         sys.exit(f'export.py: error: {error}')
     for change in result.changes:
