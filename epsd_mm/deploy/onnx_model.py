@@ -151,8 +151,7 @@ def _num_classes(model: nn.Module, head: str) -> int:
 
 
 #: Model class name -> (strategy, attribute holding ``num_classes``).
-STRATEGIES: Dict[str, Tuple[Callable[[nn.Module, OnnxNetwork], None],
-                            str]] = {
+STRATEGIES: Dict[str, Tuple[Callable[[nn.Module, OnnxNetwork], None], str]] = {
     'EncoderDecoder': (_segmentor, 'decode_head'),
     'CAMLocalizer': (_cam_localizer, 'head'),
     'ImageClassifier': (_image_classifier, 'head'),

@@ -29,8 +29,9 @@ def _quiet(_):
 def _session(path: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    return ort.InferenceSession(
-        path, options, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(path,
+                                options,
+                                providers=['CPUExecutionProvider'])
 
 
 def _tool(repo_root: str, name: str = 'deploy/test_onnx.py'):
@@ -48,18 +49,16 @@ def exported(tool_run, tmp_path_factory):
     """The shared tools/train.py run's checkpoint exported with ONNX
     (64x64, the tiny config's crop and test size)."""
     out_dir = str(tmp_path_factory.mktemp('onnx_eval') / 'deploy')
-    export_pruned_checkpoint(
-        Config.fromfile(tool_run.cfg_path),
-        tool_run.checkpoint,
-        out_dir,
-        onnx=True,
-        log=_quiet)
-    return SimpleNamespace(
-        cfg_path=tool_run.cfg_path,
-        checkpoint=tool_run.checkpoint,
-        deploy_cfg=osp.join(out_dir, 'deploy_config.py'),
-        folded=osp.join(out_dir, 'folded.pth'),
-        onnx=osp.join(out_dir, 'model.onnx'))
+    export_pruned_checkpoint(Config.fromfile(tool_run.cfg_path),
+                             tool_run.checkpoint,
+                             out_dir,
+                             onnx=True,
+                             log=_quiet)
+    return SimpleNamespace(cfg_path=tool_run.cfg_path,
+                           checkpoint=tool_run.checkpoint,
+                           deploy_cfg=osp.join(out_dir, 'deploy_config.py'),
+                           folded=osp.join(out_dir, 'folded.pth'),
+                           onnx=osp.join(out_dir, 'model.onnx'))
 
 
 # --------------------------------------------------------------------------
@@ -71,19 +70,24 @@ def test_segmentor_predicts_as_pytorch_in_chunks(exported):
     model = init_model(exported.deploy_cfg, exported.folded, device='cpu')
     onnx_model = copy.deepcopy(model)
     attach_onnx_network(onnx_model, _session(exported.onnx), exported.onnx)
-    inputs = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    inputs = torch.randn(3,
+                         3,
+                         64,
+                         64,
+                         generator=torch.Generator().manual_seed(0))
     meta = dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))
     with torch.no_grad():
-        torch.testing.assert_close(
-            onnx_model(inputs, mode='tensor'),
-            model(inputs, mode='tensor'),
-            rtol=0,
-            atol=1e-4)
+        torch.testing.assert_close(onnx_model(inputs, mode='tensor'),
+                                   model(inputs, mode='tensor'),
+                                   rtol=0,
+                                   atol=1e-4)
         got = onnx_model.predict(inputs, [SegDataSample(metainfo=meta)] * 3)
         want = model.predict(inputs, [SegDataSample(metainfo=meta)] * 3)
     for g, w in zip(got, want):
-        torch.testing.assert_close(
-            g.seg_logits.data, w.seg_logits.data, rtol=0, atol=1e-4)
+        torch.testing.assert_close(g.seg_logits.data,
+                                   w.seg_logits.data,
+                                   rtol=0,
+                                   atol=1e-4)
 
 
 def test_refuses_another_input_size_naming_both_and_the_fix(exported):
@@ -105,17 +109,15 @@ def test_refuses_another_class_count(exported):
             OnnxEvalError,
             match=r'model.onnx outputs 21 channels .* but the config.s '
             r'model has 5 classes \(model.decode_head.num_classes\)'):
-        attach_onnx_network(
-            build_model(cfg), _session(exported.onnx), exported.onnx)
+        attach_onnx_network(build_model(cfg), _session(exported.onnx),
+                            exported.onnx)
 
 
 def test_refuses_an_unsupported_model(exported):
-    with pytest.raises(
-            OnnxEvalError,
-            match='for a Conv2d model; supported: CAMLocalizer, '
-            'EncoderDecoder, ImageClassifier'):
-        attach_onnx_network(
-            torch.nn.Conv2d(3, 21, 1), _session(exported.onnx))
+    with pytest.raises(OnnxEvalError,
+                       match='for a Conv2d model; supported: CAMLocalizer, '
+                       'EncoderDecoder, ImageClassifier'):
+        attach_onnx_network(torch.nn.Conv2d(3, 21, 1), _session(exported.onnx))
 
 
 def test_cam_localizer_predicts_as_pytorch(tmp_path):
@@ -123,17 +125,15 @@ def test_cam_localizer_predicts_as_pytorch(tmp_path):
     batch-1 graph) equal the model's own predict."""
     torch.manual_seed(0)
     model = MODELS.build(
-        dict(
-            type='epsd_mm.CAMLocalizer',
-            data_preprocessor=dict(type='mmdet.DetDataPreprocessor'),
-            backbone=dict(
-                type='mmdet.ResNet',
-                depth=18,
-                base_channels=8,
-                strides=(1, 2, 1, 1),
-                out_indices=(3, )),
-            head=dict(type='epsd_mm.CAMHead', num_classes=4,
-                      in_channels=64))).eval()
+        dict(type='epsd_mm.CAMLocalizer',
+             data_preprocessor=dict(type='mmdet.DetDataPreprocessor'),
+             backbone=dict(type='mmdet.ResNet',
+                           depth=18,
+                           base_channels=8,
+                           strides=(1, 2, 1, 1),
+                           out_indices=(3, )),
+             head=dict(type='epsd_mm.CAMHead', num_classes=4,
+                       in_channels=64))).eval()
     randomise_batch_norms(model)
     path = str(tmp_path / 'cam.onnx')
     export_onnx(model, torch.randn(1, 3, 64, 64), path)
@@ -146,33 +146,38 @@ def test_cam_localizer_predicts_as_pytorch(tmp_path):
         want = model.predict(inputs, [DetDataSample(metainfo=meta)] * 2)
     for g, w in zip(got, want):
         assert torch.equal(g.pred_instances.labels, w.pred_instances.labels)
-        torch.testing.assert_close(
-            g.pred_instances.scores, w.pred_instances.scores, atol=1e-5,
-            rtol=0)
-        torch.testing.assert_close(
-            g.pred_cam.data, w.pred_cam.data, atol=1e-4, rtol=0)
-        torch.testing.assert_close(
-            g.pred_instances.bboxes, w.pred_instances.bboxes, atol=1,
-            rtol=0)
+        torch.testing.assert_close(g.pred_instances.scores,
+                                   w.pred_instances.scores,
+                                   atol=1e-5,
+                                   rtol=0)
+        torch.testing.assert_close(g.pred_cam.data,
+                                   w.pred_cam.data,
+                                   atol=1e-4,
+                                   rtol=0)
+        torch.testing.assert_close(g.pred_instances.bboxes,
+                                   w.pred_instances.bboxes,
+                                   atol=1,
+                                   rtol=0)
 
 
 # --------------------------------------------------------------------------
 # The tool, against tools/test.py
 # --------------------------------------------------------------------------
 def _metrics(line: str) -> dict:
-    return {k: float(v) for k, v in re.findall(r'(aAcc|mIoU|mAcc): ([\d.]+)',
-                                                line)}
+    return {
+        k: float(v)
+        for k, v in re.findall(r'(aAcc|mIoU|mAcc): ([\d.]+)', line)
+    }
 
 
 @pytest.mark.e2e
-def test_tool_gives_the_metrics_of_test_py(exported, helpers, tmp_path,
-                                           capsys, monkeypatch):
+def test_tool_gives_the_metrics_of_test_py(exported, helpers, tmp_path, capsys,
+                                           monkeypatch):
     """The issue's acceptance test: the ONNX file through the config's test
     data and evaluator gives tools/test.py's mIoU on the checkpoint, with
     the training config and with the export's deploy_config.py."""
     monkeypatch.setattr(sys, 'argv', [
-        'tools/test.py', exported.cfg_path, exported.checkpoint,
-        '--work-dir',
+        'tools/test.py', exported.cfg_path, exported.checkpoint, '--work-dir',
         str(tmp_path / 'test_py')
     ])
     _tool(helpers.repo_root, 'test.py').main()
@@ -188,8 +193,9 @@ def test_tool_gives_the_metrics_of_test_py(exported, helpers, tmp_path,
         ])
         for key, value in expected.items():
             assert metrics[key] == pytest.approx(value, abs=0.01), key
-        printed = [l for l in capsys.readouterr().out.splitlines()
-                   if 'mIoU:' in l]
+        printed = [
+            l for l in capsys.readouterr().out.splitlines() if 'mIoU:' in l
+        ]
         assert printed and _metrics(printed[-1]) == pytest.approx(expected,
                                                                   abs=0.01)
 

@@ -89,8 +89,9 @@ def inference_session(path: str, threads: int = 0):
             'CONFIG CHECKPOINT --out-dir DIR --onnx')
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        path, options, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(path,
+                                options,
+                                providers=['CPUExecutionProvider'])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
