@@ -87,7 +87,8 @@ class OnnxNetwork:
             f'{want[-2]}), keep_ratio=False), or for mmseg slide inference '
             f'whose crop is the ONNX size (--cfg-options '
             f'model.test_cfg.mode=slide "model.test_cfg.crop_size=({want[-2]},'
-            f'{want[-1]})" "model.test_cfg.stride=(...)")')
+            f'{want[-1]})" "model.test_cfg.stride=({want[-2] * 2 // 3},'
+            f'{want[-1] * 2 // 3})")')
 
     def __call__(self, inputs: Tensor) -> Tensor:
         """Outputs of the graph's first output for a batch of any size.

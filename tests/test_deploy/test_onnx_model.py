@@ -213,3 +213,35 @@ def test_tool_refuses_another_size_before_evaluating(exported, helpers,
             'test_dataloader.dataset.pipeline.1.scale=(96,96)'
         ])
     assert 'mIoU:' not in capsys.readouterr().out  # no metrics line
+
+
+def test_image_classifier_predicts_as_pytorch(tmp_path):
+    """The mmpretrain strategy: scores and labels of a batch of 3 (a
+    batch-2 graph, so the last chunk is padded) equal the model's own."""
+    from mmpretrain.structures import DataSample
+    torch.manual_seed(0)
+    model = MODELS.build(
+        dict(type='mmpretrain.ImageClassifier',
+             backbone=dict(type='mmpretrain.ResNet',
+                           depth=18,
+                           stem_channels=8,
+                           base_channels=8),
+             neck=dict(type='mmpretrain.GlobalAveragePooling'),
+             head=dict(type='mmpretrain.LinearClsHead',
+                       num_classes=10,
+                       in_channels=64))).eval()
+    randomise_batch_norms(model)
+    path = str(tmp_path / 'cls.onnx')
+    export_onnx(model, torch.randn(2, 3, 32, 32), path)
+    onnx_model = copy.deepcopy(model)
+    attach_onnx_network(onnx_model, _session(path), path)
+    inputs = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        got = onnx_model.predict(inputs, [DataSample() for _ in range(3)])
+        want = model.predict(inputs, [DataSample() for _ in range(3)])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.pred_score,
+                                   w.pred_score,
+                                   atol=1e-5,
+                                   rtol=0)
+        assert torch.equal(g.pred_label, w.pred_label)
