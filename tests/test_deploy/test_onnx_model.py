@@ -12,6 +12,7 @@ import pytest
 import torch
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from mmseg.apis import init_model
 from mmseg.structures import SegDataSample
 
@@ -218,18 +219,20 @@ def test_tool_refuses_another_size_before_evaluating(exported, helpers,
 def test_image_classifier_predicts_as_pytorch(tmp_path):
     """The mmpretrain strategy: scores and labels of a batch of 3 (a
     batch-2 graph, so the last chunk is padded) equal the model's own."""
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
     from mmpretrain.structures import DataSample
     torch.manual_seed(0)
-    model = MODELS.build(
-        dict(type='mmpretrain.ImageClassifier',
-             backbone=dict(type='mmpretrain.ResNet',
-                           depth=18,
-                           stem_channels=8,
-                           base_channels=8),
-             neck=dict(type='mmpretrain.GlobalAveragePooling'),
-             head=dict(type='mmpretrain.LinearClsHead',
-                       num_classes=10,
-                       in_channels=64))).eval()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MMPRETRAIN_MODELS.build(
+            dict(type='ImageClassifier',
+                 backbone=dict(type='ResNet',
+                               depth=18,
+                               stem_channels=8,
+                               base_channels=8),
+                 neck=dict(type='GlobalAveragePooling'),
+                 head=dict(type='LinearClsHead',
+                           num_classes=10,
+                           in_channels=64))).eval()
     randomise_batch_norms(model)
     path = str(tmp_path / 'cls.onnx')
     export_onnx(model, torch.randn(2, 3, 32, 32), path)
