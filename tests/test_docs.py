@@ -170,6 +170,16 @@ COMMANDS: Dict[str, Shrink] = {
         Shrink(needs=('demo_run', ),
                expect=('model_int8.onnx', 'QLinearConv x29',
                        'ReduceMean x1, Resize x1 stay fp32')),
+    'python tools/deploy/export.py configs/demo/epsd_deeplab_voc_demo.py '
+    'work_dirs/demo/iter_300.pth --out-dir work_dirs/demo/export128 --onnx '
+    '--shape 128 128':
+        Shrink(needs=('demo_run', ), expect=('ONNX check', 'OK')),
+    # needs the export above (same page, same sandbox)
+    'python tools/deploy/test_onnx.py configs/demo/epsd_deeplab_voc_demo.py '
+    'work_dirs/demo/export128/model.onnx':
+        Shrink(needs=('demo_run', ), append='--threads 1 --cfg-options '
+               'test_dataloader.num_workers=0',
+               expect=('aAcc:', 'mIoU:', 'mAcc:')),
     'python tools/analysis/get_flops.py configs/demo/epsd_deeplab_voc_demo.py '
     'work_dirs/demo/iter_300.pth':
         Shrink(needs=('demo_run', ), expect=('247,907', )),
