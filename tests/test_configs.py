@@ -222,6 +222,38 @@ def test_channel_demo_models_trace_into_groups(rel_path):
     assert cut and all(m.startswith('backbone.') for m in cut)
 
 
+WHOLE_MODEL = ('backbone', 'decode_head', 'auxiliary_head')
+
+
+@pytest.mark.parametrize('rel_path, twin', [
+    ('configs/deeplab_voc/epsd_channel_full.py',
+     'configs/deeplab_voc/epsd_channel.py'),
+    ('configs/demo/epsd_channel_full_deeplab_voc_demo.py',
+     'configs/demo/epsd_channel_deeplab_voc_demo.py'),
+])
+def test_whole_model_channel_configs(rel_path, twin):
+    """The whole-model variants differ from their backbone-only twin in the
+    scopes alone; on the demo model the heads are cut too, their class
+    channels never."""
+    cfg, base = _load(rel_path), _load(twin)
+    assert cfg.default_hooks.pruning.pop('scopes') == WHOLE_MODEL
+    assert cfg.to_dict() == base.to_dict()
+    if 'demo' not in rel_path:
+        return
+    cfg = _load(rel_path)
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+        hook = HOOKS.build(cfg.default_hooks.pruning)
+    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
+                         hook.pruner.scopes)
+    cut = {m for group in graph.groups.values() for m in group.modules}
+    assert {m.split('.')[0] for m in cut} == set(WHOLE_MODEL)
+    assert not {'decode_head.conv_seg', 'auxiliary_head.conv_seg'} & cut
+    assert graph.output_groups == [
+        'decode_head.conv_seg', 'auxiliary_head.conv_seg'
+    ]
+
+
 CLS_FAMILIES = {
     # family: (sparsity, backbone type, dataset type, num_classes)
     'resnet18_cifar10': (0.59, 'ResNet_CIFAR', 'CIFAR10', 10),

@@ -109,3 +109,15 @@ def test_parameters_and_model_unchanged(seg_model, assert_unchanged):
     assert all(params[name] is named[name] for name in params)
     assert 'backbone.layer3.1.bn2.bias' in params
     assert not any(name.startswith('decode_head') for name in params)
+
+
+def test_class_channels_of_a_classifier_are_kept_whole():
+    """scopes='*' on a plain classifier: the logits' Linear is reported as
+    an output group, never cut; the rest can be."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    graph = ChannelGraph(model, IMG, scopes='*')
+    assert graph.output_groups == ['7']
+    assert set(graph.groups) == {'0', '3'}
+    assert not any('7' in g.modules for g in graph.groups.values())
