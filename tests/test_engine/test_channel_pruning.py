@@ -345,3 +345,34 @@ def test_hook_default_is_weight_and_recorded():
     hook = EarlyPruningHook()
     assert hook.pruner.granularity == 'weight'
     assert hook.pruning_config()['granularity'] == 'weight'
+
+
+def test_whole_model_slim_round_trip(tiny_cfg, tmp_path):
+    """Heads in scope: their channels are cut, class channels never; the
+    slim checkpoint tests (rebuilt from the record) and exports to an ONNX
+    file that onnxruntime runs like PyTorch."""
+    from epsd_mm.deploy import export_pruned_checkpoint
+    scopes = ('backbone', 'decode_head', 'auxiliary_head')
+    cfg = tiny_cfg({**CHANNEL, 'default_hooks.pruning.scopes': scopes},
+                   work_dir=tmp_path / 'train', max_iters=2)
+    runner = _train(cfg)
+    channels = layer_channels(runner.model)
+    for head in ('decode_head', 'auxiliary_head'):
+        assert channels[f'{head}.conv_seg'][1] == 21  # the VOC classes
+    assert any(name.startswith('decode_head.aspp_modules')
+               for name in get_slim_spec(runner.model)['layers'])
+    assert ('output channels kept whole (no layer reads them, e.g. class '
+            'channels): decode_head.conv_seg, auxiliary_head.conv_seg'
+            in _run_log(runner))
+    ckpt = str(tmp_path / 'train' / 'iter_2.pth')
+
+    tester = Runner.from_cfg(
+        tiny_cfg({**CHANNEL, 'default_hooks.pruning.scopes': scopes,
+                  'load_from': ckpt}, work_dir=tmp_path / 'test'))
+    metrics = tester.test()
+    assert layer_channels(tester.model) == channels
+    assert metrics['channel_sparsity'] == pytest.approx(0.5, abs=0.01)
+
+    result = export_pruned_checkpoint(
+        cfg, ckpt, str(tmp_path / 'export'), onnx=True, log=lambda _: None)
+    assert result.onnx_diff <= 1e-4
