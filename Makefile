@@ -14,5 +14,7 @@ demo: setup
 	$(PY) tools/make_demo_data.py voc --out data/voc_demo
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir work_dirs/demo
 
+# Two workers (one per core; every test runs torch on one thread), a test
+# file's tests on one worker so its module fixtures are built once.
 test: setup
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile tests $(PYTEST_ARGS)

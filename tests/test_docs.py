@@ -115,7 +115,7 @@ COMMANDS: Dict[str, Shrink] = {
     '--work-dir work_dirs/demo':
         Shrink(append=VOC_TINY,
                expect=('sparsity: 0.9000', 'effective_params: 247907')),
-    '.venv/bin/python -m pytest tests':
+    '.venv/bin/python -m pytest -n 2 --dist loadfile tests':
         Shrink(command='.venv/bin/python -m pytest -q -p no:cacheprovider '
                'tests/test_docs.py::test_readme_is_short_and_links_every_page',
                expect=('1 passed', )),
