@@ -93,11 +93,19 @@ def calibration_inputs(model, num: int, size: int,
 
 
 def ort_session(path: str, threads: int):
-    """An onnxruntime CPU session with ``threads`` intra-op threads."""
+    """An onnxruntime CPU session with ``threads`` intra-op threads.
+
+    Its worker threads block instead of spinning when idle: timed
+    round-robin, the idle workers of the other sessions otherwise spin on
+    the cores the running one needs (measured on 2 loaded cores, demo model
+    at 256x256, 2 threads: 28 ms alone, 71 ms among 4 sessions with
+    spinning; 14 ms both ways without).
+    """
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return ort.InferenceSession(
         path, options, providers=['CPUExecutionProvider'])
 
@@ -268,7 +276,9 @@ def table(measured: Dict[str, Dict[str, dict]],
         "`mode='tensor'`), int8 = `epsd_mm.deploy.quantize_int8` (static "
         f'QDQ, per-channel) calibrated on {args["calib_num"]} demo VOC val '
         'images. Latency: onnxruntime CPU, `intra_op_num_threads` = 1 and '
-        f'{threads[-1]}, `inter_op_num_threads` = 1, median of '
+        f'{threads[-1]}, `inter_op_num_threads` = 1, idle workers do not '
+        'spin (`session.intra_op.allow_spinning` = 0: the other sessions\' '
+        'spinning would slow the timed one), median of '
         f'{args["latency_repeats"]} round-robin runs of all files after a '
         'warm-up (the eager row: PyTorch, no_grad, same thread counts). '
         'Speed-up is against dense fp32 ORT at the same thread count. GFLOPs '
