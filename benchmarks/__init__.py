@@ -5,12 +5,12 @@ A section module defines ``SECTION`` (its name on the command line),
 lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
-from . import (export, memory, quality, scoring, step, structured,
-               structured_quality, sweep)
+from . import (deliverables, export, memory, quality, scoring, step,
+               structured, structured_quality, sweep)
 
 #: Section name -> module, in the order ``--sections all`` runs them.
 SECTIONS = {
     module.SECTION: module
     for module in (scoring, memory, step, quality, export, structured,
-                   structured_quality, sweep)
+                   structured_quality, sweep, deliverables)
 }

@@ -19,6 +19,9 @@ the package and the user tools):
     structured_quality  demo quality of structured EPSD and its baselines
     sweep               quality vs sparsity (0.9 .. 0.99) of the baseline
                         family over seeds, with plots
+    deliverables        what export ships (dense, backbone-only and
+                        whole-model slim; fp32 and int8 ONNX): size, FLOPs,
+                        onnxruntime latency at 1 and --threads threads
 
 Only the sections asked for are rewritten; the report keeps the others.
 
