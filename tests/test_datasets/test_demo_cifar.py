@@ -10,6 +10,7 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
+from mmengine.registry import DefaultScope
 from mmpretrain.datasets import CIFAR10
 
 from epsd_mm.datasets.demo_cifar import (DEMO_CIFAR_CLASSES, META_FILE,
@@ -93,7 +94,21 @@ def test_mmpretrain_cifar_loader_and_pipeline(cifar_root, tmp_path):
     assert sample['inputs'].shape == (3, 32, 32)
     assert sample['inputs'].dtype == torch.uint8
     assert int(sample['data_samples'].gt_label) in range(10)
-    model = MODELS.build(
+    # the head builds its loss in the current default scope: mmpretrain's,
+    # whatever an earlier test left behind
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = _cifar_resnet(base)
+    batch = model.data_preprocessor(
+        pseudo_collate([train[i] for i in range(4)]), training=True)
+    losses = model(**batch, mode='loss')
+    assert torch.isfinite(losses['loss'])
+    with torch.no_grad():
+        outputs = model.val_step(pseudo_collate([test[i] for i in range(4)]))
+    assert outputs[0].pred_score.shape == (10, )
+
+
+def _cifar_resnet(base: Config):
+    return MODELS.build(
         dict(
             type='mmpretrain.ImageClassifier',
             data_preprocessor=dict(
@@ -108,13 +123,6 @@ def test_mmpretrain_cifar_loader_and_pipeline(cifar_root, tmp_path):
                 type='mmpretrain.LinearClsHead',
                 num_classes=10,
                 in_channels=64)))
-    batch = model.data_preprocessor(
-        pseudo_collate([train[i] for i in range(4)]), training=True)
-    losses = model(**batch, mode='loss')
-    assert torch.isfinite(losses['loss'])
-    with torch.no_grad():
-        outputs = model.val_step(pseudo_collate([test[i] for i in range(4)]))
-    assert outputs[0].pred_score.shape == (10, )
 
 
 def test_why_the_real_class_cannot_read_it(cifar_root):
