@@ -19,12 +19,11 @@ from typing import Callable, Dict, Optional
 
 import pytest
 import torch
-import mmengine.config.config as mmengine_config
-from yapf.yapflib import yapf_api
 from mmengine.config import Config
 
 from epsd_mm.datasets.demo_voc import write_voc_demo
 from epsd_mm.utils import register_checkpoint_safe_globals
+from epsd_mm.utils.config_cache import cache_config_handling
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
@@ -40,39 +39,9 @@ _counter = itertools.count()
 # these itself.
 register_checkpoint_safe_globals()
 
-# Config.pretty_text formats the whole config with yapf (~1 s for the demo
-# config) and a Runner asks for it up to 5 times (log, dump, runtime info,
-# checkpoint meta) with the same text; yapf's output depends on the text
-# alone, so the in-process suite remembers it.
-_format_code = functools.lru_cache(maxsize=64)(
-    lambda text, style: yapf_api.FormatCode(
-        text, style_config=dict(style)))
-mmengine_config.FormatCode = (
-    lambda text, style_config: _format_code(text,
-                                            tuple(style_config.items())))
-
-
-
-@functools.lru_cache(maxsize=None)
-def _external_cfg_path(package_path: str, cfg_file: str):
-    try:
-        return _get_external_cfg_path(package_path, cfg_file), None
-    except ValueError as error:  # a base config: mmengine falls back on it
-        return None, error
-
-
-def _cached_external_cfg_path(package_path: str, cfg_file: str) -> str:
-    path, error = _external_cfg_path(package_path, cfg_file)
-    if error is not None:
-        raise error
-    return path
-
-
-# Each `mmseg::`/`mmdet::` base in a config makes mmengine read all of the
-# package's ~200 metafiles (~0.4 s) to look it up (and fail, for a _base_
-# file); the installed files do not change during the suite.
-_get_external_cfg_path = mmengine_config._get_external_cfg_path
-mmengine_config._get_external_cfg_path = _cached_external_cfg_path
+# What tools/train.py does too: remember yapf's formatting of a config text
+# and mmengine's look-up of `mmseg::` configs (pure; ~6 s per Runner test).
+cache_config_handling()
 
 # Shared 2-core machine: with other processes running, intra-op threads
 # oversubscribe the cores and make tiny convolutions 10-50x slower.

@@ -9,6 +9,8 @@ from typing import Callable, Optional, Sequence
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from .config_cache import cache_config_handling
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The arguments both tools take (mmseg's names)."""
@@ -57,6 +59,7 @@ def load_config(args: argparse.Namespace) -> Config:
     """The config of ``args.config`` with the command line applied
     (launcher, ``--cfg-options``, ``--work-dir``, ``--data-root``)."""
     from epsd_mm.datasets.config_datasets import set_data_root
+    cache_config_handling()
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
