@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .common import ROOT, SEG_DEMO, in_fresh_process, plain_segmentor, timed
-from .structured import (CONFIGS, NUM_CLASSES, complexity, round_robin,
-                         seg_forward)
+from .structured import (CONFIGS, NUM_CLASSES, chosen_configs, complexity,
+                         round_robin, seg_forward)
 
 SECTION = 'deliverables'
 
@@ -324,11 +324,7 @@ def _ordered(rows: Dict[str, dict]) -> Dict[str, dict]:
 
 
 def bench_deliverables(args: dict) -> List[tuple]:
-    chosen = {
-        name: config
-        for name, config in CONFIGS.items()
-        if ('r50' if 'R50' in name else 'demo') in args['models']
-    }
+    chosen = chosen_configs(args['models'])
     measured = {}
     for name, config in chosen.items():
         rows = in_fresh_process(_model_worker, config, args)

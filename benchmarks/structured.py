@@ -202,12 +202,18 @@ def _model_worker(config: str, args: dict) -> Dict[str, dict]:
     return results
 
 
-def bench_structured(args: dict) -> List[tuple]:
-    chosen = {
+def chosen_configs(models: List[str]) -> Dict[str, str]:
+    """The entries of :data:`CONFIGS` picked by ``--*-models`` names
+    (``demo``, ``r50``)."""
+    return {
         name: config
         for name, config in CONFIGS.items()
-        if ('r50' if 'R50' in name else 'demo') in args['models']
+        if ('r50' if 'R50' in name else 'demo') in models
     }
+
+
+def bench_structured(args: dict) -> List[tuple]:
+    chosen = chosen_configs(args['models'])
     measured = {}
     for name, config in chosen.items():
         measured[name] = in_fresh_process(_model_worker, config, args)

@@ -54,6 +54,28 @@ def pytest_configure(config) -> None:
         'that prove an integration; `pytest -m "not e2e"` runs the unit tests')
 
 
+#: The longest test files (subprocesses, torchrun), started first so that
+#: `make test`'s two workers (xdist, whole files) finish together instead of
+#: one running a long file alone at the end.
+LONG_FILES = ('test_docs.py', 'test_tools/test_train_test_tools.py',
+              'test_engine/test_dist.py',
+              'test_tools/test_benchmark_common.py',
+              'test_engine/test_early_pruning_hook.py',
+              'test_models/test_classifiers.py',
+              'test_engine/test_channel_pruning.py')
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid.split('::')[0]
+        for index, name in enumerate(LONG_FILES):
+            if path.endswith(name):
+                return index
+        return len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: a file's tests stay together, in order
+
+
 def train_pipeline(random_aug: bool = True) -> list:
     """The demo's train pipeline at 64 px; ``random_aug=False`` keeps only
     deterministic transforms (every pass over a sample is identical).

@@ -212,14 +212,19 @@ def test_channel_variants_are_what_they_say(rel_path):
 def test_channel_demo_models_trace_into_groups(rel_path):
     """Every layer of the demo models is reached by the traced forward, and
     the backbone's channels form groups (the heads are never cut)."""
+    graph = _traced_groups(rel_path)
+    cut = {m for group in graph.groups.values() for m in group.modules}
+    assert cut and all(m.startswith('backbone.') for m in cut)
+
+
+def _traced_groups(rel_path: str) -> ChannelGraph:
+    """The channel groups of a config's model within its pruning scopes."""
     cfg = _load(rel_path)
     with DefaultScope.overwrite_default_scope(cfg.default_scope):
         model = MODELS.build(cfg.model)
         hook = HOOKS.build(cfg.default_hooks.pruning)
-    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
-                         hook.pruner.scopes)
-    cut = {m for group in graph.groups.values() for m in group.modules}
-    assert cut and all(m.startswith('backbone.') for m in cut)
+    return ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
+                        hook.pruner.scopes)
 
 
 WHOLE_MODEL = ('backbone', 'decode_head', 'auxiliary_head')
@@ -240,12 +245,7 @@ def test_whole_model_channel_configs(rel_path, twin):
     assert cfg.to_dict() == base.to_dict()
     if 'demo' not in rel_path:
         return
-    cfg = _load(rel_path)
-    with DefaultScope.overwrite_default_scope(cfg.default_scope):
-        model = MODELS.build(cfg.model)
-        hook = HOOKS.build(cfg.default_hooks.pruning)
-    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
-                         hook.pruner.scopes)
+    graph = _traced_groups(rel_path)
     cut = {m for group in graph.groups.values() for m in group.modules}
     assert {m.split('.')[0] for m in cut} == set(WHOLE_MODEL)
     assert not {'decode_head.conv_seg', 'auxiliary_head.conv_seg'} & cut
