@@ -20,6 +20,7 @@ from typing import Callable, Dict, Optional
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 from epsd_mm.datasets.demo_voc import write_voc_demo
 from epsd_mm.utils import register_checkpoint_safe_globals
@@ -74,6 +75,31 @@ def pytest_collection_modifyitems(config, items) -> None:
         return len(LONG_FILES)
 
     items.sort(key=rank)  # stable: a file's tests stay together, in order
+
+
+def _forget_new_default_scopes(before: set) -> None:
+    # mmengine's current default scope is the DefaultScope created last,
+    # process-wide: Runners and builds leave theirs behind, and a later
+    # test's registry builds would resolve in it
+    for name in list(DefaultScope._instance_dict):
+        if name not in before:
+            del DefaultScope._instance_dict[name]
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _module_leaves_default_scope():
+    """Each test file (its module fixtures included) leaves the default
+    scope as it found it, so no test depends on the files run before."""
+    before = set(DefaultScope._instance_dict)
+    yield
+    _forget_new_default_scopes(before)
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_default_scope():
+    before = set(DefaultScope._instance_dict)
+    yield
+    _forget_new_default_scopes(before)
 
 
 def train_pipeline(random_aug: bool = True) -> list:
