@@ -101,13 +101,8 @@ def ort_session(path: str, threads: int):
     at 256x256, 2 threads: 28 ms alone, 71 ms among 4 sessions with
     spinning; 14 ms both ways without).
     """
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    return ort.InferenceSession(
-        path, options, providers=['CPUExecutionProvider'])
+    from epsd_mm.deploy import ort_session as deploy_session
+    return deploy_session(path, threads, spinning=False)
 
 
 def export_checked(model, image: torch.Tensor, path: str) -> float:

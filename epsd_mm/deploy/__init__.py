@@ -23,7 +23,8 @@ from .complexity import (PartComplexity, format_complexity_table,
 from .config import deploy_config, input_shape_from_cfg, plain_model_cfg
 from .export import ExportResult, check_out_dir, export_pruned_checkpoint
 from .fold import fold_masks
-from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
+from .onnx_export import (TensorModeModel, export_onnx, onnx_max_abs_diff,
+                          ort_session)
 from .onnx_model import (OnnxEvalError, OnnxNetwork, attach_onnx_network,
                          check_first_batch)
 from .quantize import QuantizeReport, calibration_batches, quantize_int8
@@ -37,6 +38,6 @@ __all__ = [
     'check_first_batch', 'check_out_dir', 'deploy_config', 'export_onnx',
     'export_pruned_checkpoint', 'fold_masks', 'format_complexity_table',
     'identical_state_dicts', 'input_shape_from_cfg', 'load_sparse_checkpoint',
-    'model_complexity', 'onnx_max_abs_diff', 'plain_model_cfg',
+    'model_complexity', 'onnx_max_abs_diff', 'ort_session', 'plain_model_cfg',
     'quantize_int8', 'save_sparse_checkpoint', 'zero_weight_masks'
 ]

@@ -59,6 +59,31 @@ def export_onnx(model: nn.Module, inputs: Tensor, path: str) -> None:
         verbose=False)
 
 
+def ort_session(path: str, threads: int = 0, spinning: bool = True):
+    """An onnxruntime CPU session of an ONNX file.
+
+    Args:
+        path (str): The ``.onnx`` file.
+        threads (int): Intra-op threads; 0 lets onnxruntime choose.
+            Defaults to 0.
+        spinning (bool): Whether idle intra-op workers spin. Turn it off
+            when several sessions take turns on few cores (their spinning
+            workers slow the running one). Defaults to True.
+
+    Returns:
+        onnxruntime.InferenceSession: The session.
+    """
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    if not spinning:
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '0')
+    return ort.InferenceSession(
+        path, options, providers=['CPUExecutionProvider'])
+
+
 @torch.no_grad()
 def onnx_max_abs_diff(path: str,
                       model: nn.Module,
@@ -76,11 +101,7 @@ def onnx_max_abs_diff(path: str,
     Returns:
         float: Max over all outputs and entries.
     """
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads
-    session = ort.InferenceSession(
-        path, options, providers=['CPUExecutionProvider'])
+    session = ort_session(path, num_threads)
     feed = {session.get_inputs()[0].name: inputs.numpy()}
     expected = _as_tuple(TensorModeModel(model).eval()(inputs))
     got: Sequence[np.ndarray] = session.run(None, feed)

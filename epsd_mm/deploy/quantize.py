@@ -31,6 +31,8 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
+from .onnx_export import ort_session
+
 CALIB_SPLITS = ('val', 'test')
 
 
@@ -323,12 +325,7 @@ def _compare(fp32_path: str, int8_path: str,
                                                  Optional[float]]:
     """Max abs / relative difference and argmax agreement of the two
     models' first outputs on ``batches``."""
-    import onnxruntime as ort
-
-    def session(path):
-        return ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-
-    fp32, int8 = session(fp32_path), session(int8_path)
+    fp32, int8 = ort_session(fp32_path), ort_session(int8_path)
     name = fp32.get_inputs()[0].name
     max_abs, max_ref, agree, total = 0.0, 0.0, 0, 0
     for batch in batches:

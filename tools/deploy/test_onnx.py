@@ -25,7 +25,7 @@ from mmengine.config import Config
 from mmengine.model import is_model_wrapper
 
 import epsd_mm  # noqa: F401  epsd_mm:: configs; components register lazily
-from epsd_mm.deploy import deploy_config
+from epsd_mm.deploy import deploy_config, ort_session
 from epsd_mm.deploy.onnx_model import (OnnxEvalError, attach_onnx_network,
                                        check_first_batch)
 from epsd_mm.utils.launch import (add_common_args, load_config,
@@ -82,16 +82,11 @@ def inference_session(path: str, threads: int = 0):
     Returns:
         onnxruntime.InferenceSession: The session.
     """
-    import onnxruntime as ort
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'{path} does not exist; write it with tools/deploy/export.py '
             'CONFIG CHECKPOINT --out-dir DIR --onnx')
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(path,
-                                options,
-                                providers=['CPUExecutionProvider'])
+    return ort_session(path, threads)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
