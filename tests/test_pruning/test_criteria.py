@@ -9,11 +9,15 @@ from epsd_mm.pruning import (CRITERIA, apply_masks, compute_scores,
                              prunable_parameters, random_scores, select_masks,
                              snip_scores)
 
-SYNFLOW_KWARGS = dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2)
+#: Small options of the criteria the generic tests run with (one entry per
+#: criterion that needs some, to keep these tests fast).
+CRITERION_KWARGS = {
+    'synflow': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2),
+}
 
 
 def criterion_kwargs(criterion):
-    return SYNFLOW_KWARGS if criterion == 'synflow' else {}
+    return CRITERION_KWARGS.get(criterion, {})
 
 
 @pytest.mark.parametrize('criterion', CRITERIA.names)
