@@ -364,6 +364,8 @@ def test_val_and_test_metrics_include_sparsity(pruned_run):
     (dict(rounds=0), 'rounds must be a positive integer'),
     (dict(scopes=()), 'at least one'),
     (dict(loss='kd'), "loss must be 'sd'"),
+    (dict(criterion='synflow', loss='sd'),
+     r"'synflow' is data-free: .* Remove default_hooks.pruning.loss"),
     (dict(num_batches=0), 'needs num_batches >= 1'),
     (dict(num_batches=6), r'num_batches=6: 6 scoring batches do not split '
      r'evenly over the 4 loss evaluations of num_steps=3'),
@@ -372,7 +374,8 @@ def test_val_and_test_metrics_include_sparsity(pruned_run):
 ],
                          ids=['sparsity1', 'negative', 'criterion',
                               'criterion_cfg', 'selection', 'min_density',
-                              'rounds', 'scopes', 'loss', 'num_batches0',
+                              'rounds', 'scopes', 'loss', 'data_free_loss',
+                              'num_batches0',
                               'prospr_groups', 'channel_prospr_groups'])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -59,24 +59,29 @@ def _loss(model: nn.Module, batch) -> Tensor:
     return F.cross_entropy(model(batch[0]), batch[1])
 
 
-def test_rounds_reach_the_target_and_masks_only_grow():
+@pytest.mark.parametrize('criterion', CRITERIA.names)
+def test_rounds_work_with_every_criterion(criterion):
+    """EPSD-It's rounds are the pruner's, whatever the criterion: each
+    round reaches its target and a pruned weight never comes back."""
     model = _net()
     pruner = WeightPruner(
-        sparsity=0.9, criterion='snip', scopes='*', rounds=3,
+        sparsity=0.9, criterion=criterion, scopes='*', rounds=3,
         min_density=0.01, num_batches=2)
+    data = pruner.criterion.data
     seen, previous = [], None
 
     def batches(round_: int):
         seen.append(round_)
-        return _batches()
+        return _batches() if data != 'none' else None
 
     while not pruner.done:
-        report = pruner.prune_round(model, _loss, batches(
-            pruner.rounds_done + 1))
+        report = pruner.prune_round(
+            model, _loss if data == 'batches' else None,
+            batches(pruner.rounds_done + 1))
         masks = {n: m.clone() for n, m in get_masks(model).items()}
-        if previous is not None:  # a pruned weight never comes back
+        if previous is not None:
             for name, mask in masks.items():
-                assert not (mask & ~previous[name]).any()
+                assert not (mask & ~previous[name]).any(), name
         previous = masks
         assert report.sparsity == pytest.approx(
             pruner.round_sparsity(report.round), abs=2e-3)
@@ -156,6 +161,16 @@ def test_data_free_criterion_refuses_a_loss():
         pruner.prune(_net(), _loss, _batches())
     report = pruner.prune(_net())
     assert report.num_batches == 0 and 'no data' in report.summary()
+
+
+def test_data_criterion_without_data_names_the_fix():
+    pruner = WeightPruner(sparsity=0.5, criterion='snip', scopes='*')
+    with pytest.raises(ValueError, match=r"'snip' scores on data and needs "
+                       r'`loss_fn`.*or use a data-free criterion'):
+        pruner.prune(_net())
+    with pytest.raises(ValueError, match='needs `batches`'):
+        pruner.prune(_net(), _loss)
+    assert pruner.rounds_done == 0
 
 
 class _FilterNorm(Criterion):
