@@ -59,6 +59,7 @@ class Method:
     """One member of the baseline family, as an edit of the EPSD config.
 
     Args:
+        key (str): Short name, for ``--sweep-methods``.
         name (str): Row name in the report.
         edit (callable): Changes a loaded config in place.
         pruned (bool): False for a dense method: one run per seed, shown at
@@ -69,6 +70,7 @@ class Method:
             rejected by the pruning hook (e.g. a hook argument that does not
             exist yet). Defaults to False (raise).
     """
+    key: str
     name: str
     edit: Callable[[Config], None]
     pruned: bool = True
@@ -88,17 +90,24 @@ def _no_pruning(cfg: Config) -> None:
 # The same keys the configs in configs/deeplab_voc change; none of them
 # touches the model, so they hold for any SD method the demo config trains.
 METHODS = (
-    Method('dense + SD', _no_pruning, pruned=False),
-    Method('random + SD', _pruning(criterion='random')),
-    Method('SNIP + SD', _pruning(criterion='snip', loss='task')),
-    Method('simple combination (prospr, task loss) + SD',
+    Method('dense', 'dense + SD', _no_pruning, pruned=False),
+    Method('random', 'random + SD', _pruning(criterion='random')),
+    Method('snip', 'SNIP + SD', _pruning(criterion='snip', loss='task')),
+    Method('simple', 'simple combination (prospr, task loss) + SD',
            _pruning(loss='task')),
-    Method('EPSD (prospr, SD loss) + SD', lambda cfg: None),
+    Method('epsd', 'EPSD (prospr, SD loss) + SD', lambda cfg: None),
     Method(
+        'epsd_it',
         'EPSD-It (3 rounds) + SD',
         _pruning(rounds=3),
         top_sparsities=2,
         optional=True),
+    # The later pruning-at-initialisation methods, as their authors run
+    # them: FORCE on the task loss, NTK-SAP and PHEW without data.
+    Method('force', 'FORCE (task loss) + SD',
+           _pruning(criterion='force', loss='task')),
+    Method('ntk_sap', 'NTK-SAP + SD', _pruning(criterion='ntk_sap')),
+    Method('phew', 'PHEW + SD', _pruning(criterion='phew')),
 )
 
 TASKS = {
@@ -124,6 +133,12 @@ def add_arguments(parser) -> None:
         type=float,
         default=[0.9, 0.95, 0.98, 0.99])
     group.add_argument(
+        '--sweep-methods',
+        nargs='+',
+        default=[m.key for m in METHODS],
+        choices=[m.key for m in METHODS],
+        help='the methods to train and report (default: all)')
+    group.add_argument(
         '--sweep-cfg-options',
         nargs='+',
         action=DictAction,
@@ -148,7 +163,8 @@ def run(args) -> List[Tuple[str, List[str]]]:
         summary = _summarise(runs, results)
         plot = osp.join(
             osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
-        plot_sweep(task, summary, args.sweep_sparsities, plot)
+        plot_sweep(task, _methods(args), summary, args.sweep_sparsities,
+                   plot)
         print(f'wrote {plot}', flush=True)
         for index, (key, higher) in enumerate(task.metrics):
             # The plot (all metrics) goes under the headline metric's table.
@@ -188,7 +204,7 @@ def _plan(task: SweepTask, args) -> List[Run]:
     base.merge_from_dict(args.sweep_cfg_options)
     shorten_schedule(base, args.quality_max_iters)
     runs = []
-    for method in METHODS:
+    for method in _methods(args):
         points: List[Optional[float]] = [None]
         if method.pruned:
             points = sparsities[-method.top_sparsities:] if (
@@ -215,6 +231,11 @@ def _plan(task: SweepTask, args) -> List[Run]:
                     Run(method, sparsity, seed, None if reason else cfg,
                         work_dir, reason))
     return runs
+
+
+def _methods(args) -> List[Method]:
+    """The selected methods, in the report's order."""
+    return [m for m in METHODS if m.key in args.sweep_methods]
 
 
 def _hook_rejects(cfg: Config) -> str:
@@ -308,13 +329,13 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
     best = {}
     for s in sparsities:
         means = [
-            stats[0] for method in METHODS if method.pruned
+            stats[0] for method in _methods(args) if method.pruned
             if (stats := _cell_of(summary, method, s).mean_std(key))
         ]
         if means:
             best[s] = max(means) if higher else min(means)
     off_target = []
-    for method in METHODS:
+    for method in _methods(args):
         skipped = [
             r.skip_reason for r in runs if r.method is method and r.skip_reason
         ]
@@ -351,8 +372,8 @@ def _format_options(options: dict) -> str:
     return ' '.join(f'{k}={v}' for k, v in options.items())
 
 
-def plot_sweep(task: SweepTask, summary: Summary, sparsities: Sequence[float],
-               path: str) -> None:
+def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
+               sparsities: Sequence[float], path: str) -> None:
     """One panel per metric: mean ± std over seeds against sparsity, one
     line per method, dense methods as a horizontal band; an ``x`` on the
     lower edge marks a sparsity where every seed of a method collapsed."""
@@ -370,8 +391,8 @@ def plot_sweep(task: SweepTask, summary: Summary, sparsities: Sequence[float],
     densities = [1 - s for s in sparsities]
     for ax, (key, higher) in zip(axes[0], task.metrics):
         collapsed = []
-        for index, method in enumerate(METHODS):
-            colour = f'C{index}'
+        for method in methods:
+            colour = f'C{METHODS.index(method) % 10}'  # stable per method
             if not method.pruned:
                 stats = _cell_of(summary, method, sparsities[0]).mean_std(key)
                 if stats:

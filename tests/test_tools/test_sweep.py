@@ -22,6 +22,7 @@ def sweep_args(tmp_path, **kwargs):
         sweep_tasks=['seg'],
         sweep_sparsities=[0.99, 0.9, 0.95],
         sweep_cfg_options={},
+        sweep_methods=[m.key for m in sweep.METHODS],
         quality_max_iters=None,
         sweep_work_dir=str(tmp_path / 'runs'),
         seeds=[0, 1],
@@ -30,6 +31,10 @@ def sweep_args(tmp_path, **kwargs):
         out=str(tmp_path / 'docs' / 'benchmarks.md'))
     args.update(kwargs)
     return Namespace(**args)
+
+
+def method(key):
+    return next(m for m in sweep.METHODS if m.key == key)
 
 
 def by_method(runs):
@@ -74,8 +79,25 @@ def test_plan_covers_the_family(tmp_path):
     else:
         assert all(r.cfg is None and 'rounds' in r.skip_reason
                    for r in iterative)
+    # The later pruning-at-initialisation methods, as their authors run them
+    assert (pruning['FORCE (task loss) + SD'][0].criterion,
+            pruning['FORCE (task loss) + SD'][0].loss) == ('force', 'task')
+    for name, criterion in (('NTK-SAP + SD', 'ntk_sap'),
+                            ('PHEW + SD', 'phew')):
+        assert pruning[name][0].criterion == criterion
+        assert 'loss' not in pruning[name][0]
     work_dirs = [r.work_dir for group in runs.values() for r in group]
     assert len(set(work_dirs)) == len(work_dirs)
+
+
+def test_a_subset_of_methods_is_planned_and_reported(tmp_path):
+    args = sweep_args(tmp_path, seeds=[0], sweep_methods=['phew', 'dense'])
+    runs = sweep._plan(sweep.TASKS['seg'], args)
+    assert list(by_method(runs)) == ['dense + SD', 'PHEW + SD']
+    rows = [line.split(' | ')[0][2:] for line in sweep._table(
+        sweep.TASKS['seg'], 'mIoU', True, synthetic_summary(), runs, args,
+        '') if line.startswith('| ')]
+    assert rows == ['method', 'dense + SD', 'PHEW + SD']
 
 
 def test_cls_task_plans_the_classification_demo(tmp_path):
@@ -173,7 +195,7 @@ def synthetic_summary():
 def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
     args = sweep_args(tmp_path, sweep_sparsities=[0.99, 0.9], seeds=[0, 1])
     runs = [
-        sweep.Run(sweep.METHODS[-1], 0.99, 0, None, 'x',
+        sweep.Run(method('epsd_it'), 0.99, 0, None, 'x',
                   "TypeError: no argument 'rounds' | here")
     ]
     lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True,
@@ -212,7 +234,8 @@ def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
 def test_plot_is_written(tmp_path):
     path = str(tmp_path / 'docs' / 'sweep_seg.png')
     task = sweep.SweepTask('demo', 'x.py', (('mIoU', True), ('aAcc', True)))
-    sweep.plot_sweep(task, synthetic_summary(), [0.9, 0.99], path)
+    sweep.plot_sweep(task, sweep.METHODS, synthetic_summary(), [0.9, 0.99],
+                     path)
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert os.path.getsize(path) > 10_000
