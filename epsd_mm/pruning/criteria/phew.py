@@ -248,28 +248,30 @@ class _Layer:
     """A prunable weight seen as ``[out units, in units, kernel entries]``.
 
     Attributes:
-        fwd (Tensor): ``[n_in, n_out]`` weights of the next unit, from an
-            input unit (kernel L1 norms; uniform over the connected units
-            where they are all zero, as the authors do).
-        bwd (Tensor): ``[n_out, n_in]``, the same backwards.
-        kernel (Tensor): ``[n_out, n_in, K]`` weights of a kernel entry.
+        fwd_cdf (Tensor): ``[n_in, n_out]`` cumulative weights of the next
+            unit, from an input unit (kernel L1 norms; uniform over the
+            connected units where they are all zero, as the authors do).
+        bwd_cdf (Tensor): ``[n_out, n_in]``, the same backwards.
+        kernel_cdf (Tensor): ``[n_out, n_in, K]`` cumulative weights of a
+            kernel entry (``|w|``; uniform where the kernel is zero).
         index (Tensor): ``[n_out, n_in, K]`` flat index into the weight
             (``-1`` where no weight connects the units, e.g. across groups).
     """
 
     def __init__(self, weight: Tensor, module: Optional[nn.Module]) -> None:
-        absolute = weight.detach().abs().float()
+        absolute = weight.detach().abs().double()
         flat = torch.arange(weight.numel(), device=weight.device)
         self.kernel = self.dense(absolute, module)
         self.index = self.dense(flat.view(weight.shape), module, fill=-1)
         self.n_out, self.n_in = self.kernel.shape[:2]
-        connected = (self.index[..., 0] >= 0).float()
+        connected = (self.index[..., 0] >= 0).double()
         norms = self.kernel.sum(-1)
-        self.fwd = self._rows(norms.t(), connected.t())
-        self.bwd = self._rows(norms, connected)
+        self.fwd_cdf = self._rows(norms.t(), connected.t()).cumsum(1)
+        self.bwd_cdf = self._rows(norms, connected).cumsum(1)
         empty = self.kernel.sum(-1, keepdim=True) == 0
-        self.kernel = torch.where(empty, torch.ones_like(self.kernel),
-                                  self.kernel)
+        self.kernel_cdf = torch.where(empty, torch.ones_like(self.kernel),
+                                      self.kernel).double().cumsum(-1)
+        del self.kernel
 
     @staticmethod
     def _rows(weights: Tensor, connected: Tensor) -> Tensor:
@@ -309,15 +311,24 @@ class _Layer:
             forward, input units going backward) and the flat indices of the
             kernel entries enabled.
         """
-        table = self.fwd if forward else self.bwd
-        nxt = torch.multinomial(table[units], 1, generator=generator)[:, 0]
+        table = self.fwd_cdf if forward else self.bwd_cdf
+        nxt = _sample(table[units], generator)
         out, inp = (nxt, units) if forward else (units, nxt)
-        if self.kernel.shape[-1] == 1:
+        if self.kernel_cdf.shape[-1] == 1:
             entry = torch.zeros_like(out)
         else:
-            entry = torch.multinomial(
-                self.kernel[out, inp], 1, generator=generator)[:, 0]
+            entry = _sample(self.kernel_cdf[out, inp], generator)
         return nxt, self.index[out, inp, entry]
+
+
+def _sample(cdf: Tensor, generator: torch.Generator) -> Tensor:
+    """One index per row, with probability proportional to the row's
+    increments (inverse-CDF sampling: the same distribution as
+    :func:`torch.multinomial`, several times faster on CPU)."""
+    u = torch.rand(cdf.shape[0], 1, generator=generator,
+                   device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True)[:, 0]
+    return index.clamp_(max=cdf.shape[1] - 1)
 
 
 def _map_units(units: Tensor, n_from: int, n_to: int,
