@@ -30,9 +30,13 @@ graph of one forward pass (:func:`trace_layer_graph`):
   when the next layer has ``f`` times the units (a flatten from Conv to
   Linear) a unit ``c`` maps to one of ``c*f ... c*f+f-1`` uniformly and
   back by ``// f``, as the authors' ``conv_to_linear_unit``; ``f`` times
-  fewer units map the other way round, and any other mismatch (e.g. a
-  concatenation of several branches) to a uniformly random unit (an
-  approximation: the concatenation offsets are not traced).
+  fewer units map the other way round, and any other mismatch to a
+  uniformly random unit. This is an approximation where the unit counts
+  come from something else than a flatten: a concatenation of branches
+  (ASPP) is mapped as a flatten when its size is a multiple (the
+  concatenation offsets are not traced), the packed Q/K/V projection of
+  ``nn.MultiheadAttention`` (``3E`` units) to its output projection
+  (``E``) by ``// 3``.
 
 Walks start at the input units of the layers with no prunable predecessor
 and at the output units of the layers with none after them.
