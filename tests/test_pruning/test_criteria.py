@@ -12,6 +12,7 @@ from epsd_mm.pruning import (CRITERIA, apply_masks, compute_scores,
 #: Small options of the criteria the generic tests run with (one entry per
 #: criterion that needs some, to keep these tests fast).
 CRITERION_KWARGS = {
+    'phew': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, seed=0),
     'synflow': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2),
 }
 
