@@ -12,6 +12,7 @@ from .base import (CRITERIA, Criterion, CriterionRegistry, ScoringInputs,
                    build_criterion, data_free_criteria)
 from .gradient import (GraSP, SNIP, grasp_scores, snip_saliency,
                        snip_scores)
+from .ntk_sap import NTKSAP, ntk_sap_scores
 from .prospr import ProsPr, prospr_meta_gradients, prospr_scores
 from .simple import Magnitude, Random, magnitude_scores, random_scores
 from .synflow import SynFlow, synflow_scores
@@ -134,5 +135,6 @@ __all__ = [
     'build_criterion', 'check_scores_channels', 'compute_channel_scores',
     'compute_scores', 'data_free_criteria', 'grasp_scores',
     'magnitude_scores', 'prospr_meta_gradients', 'prospr_scores',
-    'random_scores', 'snip_saliency', 'snip_scores', 'synflow_scores'
+    'random_scores', 'snip_saliency', 'snip_scores', 'synflow_scores',
+    'NTKSAP', 'ntk_sap_scores',
 ]
