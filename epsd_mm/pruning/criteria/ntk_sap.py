@@ -140,20 +140,18 @@ def _draw_gradients(model: nn.Module, masks: Mapping[str, Tensor],
     with them.
     """
     stats = _fresh_statistics(model)
+
+    def substitutes(w: Mapping[str, Tensor],
+                    m: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        return {**{n: w[n] * mask for n, mask in m.items()}, **stats}
+
     with torch.no_grad(), _statistics_mode(model):
-        call_with_tensors(model, {
-            **{n: weights[n] * m for n, m in masks.items()},
-            **stats
-        }, forward_fn, x)
+        call_with_tensors(model, substitutes(weights, masks), forward_fn, x)
     leaves = {n: m.clone().requires_grad_(True) for n, m in masks.items()}
-    clean = call_with_tensors(model, {
-        **{n: weights[n] * m for n, m in leaves.items()},
-        **stats
-    }, forward_fn, x)
-    perturbed = call_with_tensors(model, {
-        **{n: noisy[n] * m for n, m in leaves.items()},
-        **stats
-    }, forward_fn, x)
+    clean = call_with_tensors(model, substitutes(weights, leaves),
+                              forward_fn, x)
+    perturbed = call_with_tensors(model, substitutes(noisy, leaves),
+                                  forward_fn, x)
     distance = _squared_distance(clean, perturbed)
     return torch.autograd.grad(
         distance, list(leaves.values()), allow_unused=True)
