@@ -12,6 +12,7 @@ from .base import (CRITERIA, Criterion, CriterionRegistry, ScoringInputs,
                    build_criterion, data_free_criteria)
 from .gradient import (GraSP, SNIP, grasp_scores, snip_saliency,
                        snip_scores)
+from .ntk_sap import NTKSAP, ntk_sap_scores
 from .phew import PHEW, phew_scores, trace_layer_graph
 from .prospr import ProsPr, prospr_meta_gradients, prospr_scores
 from .simple import Magnitude, Random, magnitude_scores, random_scores
@@ -136,5 +137,5 @@ __all__ = [
     'compute_scores', 'data_free_criteria', 'grasp_scores',
     'magnitude_scores', 'prospr_meta_gradients', 'prospr_scores',
     'random_scores', 'snip_saliency', 'snip_scores', 'synflow_scores',
-    'PHEW', 'phew_scores', 'trace_layer_graph'
+    'NTKSAP', 'PHEW', 'ntk_sap_scores', 'phew_scores', 'trace_layer_graph'
 ]
