@@ -13,6 +13,7 @@ from epsd_mm.pruning import (CRITERIA, apply_masks, compute_scores,
 #: criterion that needs some, to keep these tests fast).
 CRITERION_KWARGS = {
     'synflow': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2),
+    'force': dict(sparsity=0.8, num_steps=2),
 }
 
 

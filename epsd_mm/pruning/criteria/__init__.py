@@ -10,6 +10,7 @@ from ..functional import Progress
 from ..params import Scopes, prunable_parameters
 from .base import (CRITERIA, Criterion, CriterionRegistry, ScoringInputs,
                    build_criterion, data_free_criteria)
+from .force import FORCE, force_scores
 from .gradient import (GraSP, SNIP, grasp_scores, snip_saliency,
                        snip_scores)
 from .prospr import ProsPr, prospr_meta_gradients, prospr_scores
@@ -130,6 +131,7 @@ def check_scores_channels(criterion: Criterion) -> None:
 
 __all__ = [
     'CRITERIA', 'Criterion', 'CriterionRegistry', 'GraSP', 'Magnitude',
+    'FORCE', 'force_scores',
     'ProsPr', 'Random', 'SNIP', 'ScoringInputs', 'SynFlow',
     'build_criterion', 'check_scores_channels', 'compute_channel_scores',
     'compute_scores', 'data_free_criteria', 'grasp_scores',
