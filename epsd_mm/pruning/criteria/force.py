@@ -4,7 +4,6 @@ De Jorge et al., "Progressive Skeletonization: Trimming more fat from a
 network at initialization", ICLR 2021 (code: naver/force,
 ``pruning/pruning_algos.py``).
 """
-import math
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import torch
