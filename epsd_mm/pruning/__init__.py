@@ -22,12 +22,14 @@ or mmdet; torch-pruning only when channels are pruned.
 """
 from .channel_selection import channel_sparsity, select_channels
 from .channels import ChannelGraph, ChannelGroup, ChannelMember
-from .criteria import (CRITERIA, Criterion, CriterionRegistry, GraSP,
-                       Magnitude, ProsPr, Random, ScoringInputs, SNIP,
-                       SynFlow, build_criterion, compute_channel_scores,
-                       compute_scores, grasp_scores, magnitude_scores,
-                       prospr_meta_gradients, prospr_scores, random_scores,
-                       snip_saliency, snip_scores, synflow_scores)
+from .criteria import (CRITERIA, FORCE, NTKSAP, PHEW, Criterion,
+                       CriterionRegistry, GraSP, Magnitude, ProsPr, Random,
+                       ScoringInputs, SNIP, SynFlow, build_criterion,
+                       compute_channel_scores, compute_scores, force_scores,
+                       grasp_scores, magnitude_scores, ntk_sap_scores,
+                       phew_scores, prospr_meta_gradients, prospr_scores,
+                       random_scores, snip_saliency, snip_scores,
+                       synflow_scores)
 from .functional import first_sample
 from .masks import (LEGACY_MASK_SUFFIX, MASK_SUFFIX, apply_masks,
                     attach_mask_buffers, check_masked_state_dict,
@@ -49,7 +51,8 @@ from .stats import (LayerSparsity, format_sparsity_table, overall_sparsity,
                     sparsity_stats)
 
 __all__ = [
-    'CRITERIA', 'ChannelGraph', 'ChannelGroup', 'ChannelMember',
+    'CRITERIA', 'FORCE', 'NTKSAP', 'PHEW', 'force_scores', 'ntk_sap_scores',
+    'phew_scores', 'ChannelGraph', 'ChannelGroup', 'ChannelMember',
     'ChannelPruner', 'Criterion', 'CriterionRegistry', 'GraSP',
     'LEGACY_MASK_SUFFIX', 'LayerSparsity', 'MASK_SUFFIX', 'Magnitude',
     'PRUNABLE_WEIGHTS', 'PRUNERS', 'ProsPr', 'Pruner', 'PruningRecord',

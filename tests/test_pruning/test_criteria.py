@@ -14,6 +14,7 @@ from epsd_mm.pruning import (CRITERIA, apply_masks, compute_scores,
 CRITERION_KWARGS = {
     'phew': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, seed=0),
     'synflow': dict(input_shape=(1, 3, 32, 32), sparsity=0.8, rounds=2),
+    'force': dict(sparsity=0.8, num_steps=2),
     'ntk_sap': dict(input_shape=(2, 3, 32, 32), sparsity=0.8, iterations=2),
 }
 

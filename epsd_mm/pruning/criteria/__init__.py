@@ -10,6 +10,7 @@ from ..functional import Progress
 from ..params import Scopes, prunable_parameters
 from .base import (CRITERIA, Criterion, CriterionRegistry, ScoringInputs,
                    build_criterion, data_free_criteria)
+from .force import FORCE, force_scores
 from .gradient import (GraSP, SNIP, grasp_scores, snip_saliency,
                        snip_scores)
 from .ntk_sap import NTKSAP, ntk_sap_scores
@@ -131,11 +132,11 @@ def check_scores_channels(criterion: Criterion) -> None:
 
 
 __all__ = [
-    'CRITERIA', 'Criterion', 'CriterionRegistry', 'GraSP', 'Magnitude',
-    'ProsPr', 'Random', 'SNIP', 'ScoringInputs', 'SynFlow',
-    'build_criterion', 'check_scores_channels', 'compute_channel_scores',
-    'compute_scores', 'data_free_criteria', 'grasp_scores',
-    'magnitude_scores', 'prospr_meta_gradients', 'prospr_scores',
-    'random_scores', 'snip_saliency', 'snip_scores', 'synflow_scores',
-    'NTKSAP', 'PHEW', 'ntk_sap_scores', 'phew_scores', 'trace_layer_graph'
+    'CRITERIA', 'Criterion', 'CriterionRegistry', 'FORCE', 'GraSP',
+    'Magnitude', 'NTKSAP', 'PHEW', 'ProsPr', 'Random', 'SNIP',
+    'ScoringInputs', 'SynFlow', 'build_criterion', 'check_scores_channels',
+    'compute_channel_scores', 'compute_scores', 'data_free_criteria',
+    'force_scores', 'grasp_scores', 'magnitude_scores', 'ntk_sap_scores',
+    'phew_scores', 'prospr_meta_gradients', 'prospr_scores', 'random_scores',
+    'snip_saliency', 'snip_scores', 'synflow_scores', 'trace_layer_graph'
 ]
