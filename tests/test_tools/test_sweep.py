@@ -97,7 +97,7 @@ def test_a_subset_of_methods_is_planned_and_reported(tmp_path):
     rows = [line.split(' | ')[0][2:] for line in sweep._table(
         sweep.TASKS['seg'], 'mIoU', True, synthetic_summary(), runs, args,
         '') if line.startswith('| ')]
-    assert rows == ['method', 'dense + SD', 'PHEW + SD']
+    assert rows == ['method', '---', 'dense + SD', 'PHEW + SD']
 
 
 def test_cls_task_plans_the_classification_demo(tmp_path):
