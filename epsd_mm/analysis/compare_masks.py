@@ -268,9 +268,20 @@ def compare_masks(checkpoints: Sequence[PrunedCheckpoint],
         complexity = [
             checkpoint_complexity(cfg, c, shape) for c in checkpoints
         ]
-    return MaskComparison([c.label for c in checkpoints],
+    return MaskComparison(_unique([c.label for c in checkpoints]),
                           checkpoints[0].kind, stats, layer_iou, overall,
                           complexity)
+
+
+def _unique(labels: List[str]) -> List[str]:
+    """Labels with repeats numbered (``a``, ``a (2)``), for table
+    columns."""
+    seen: Dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f'{label} ({seen[label]})')
+    return unique
 
 
 def checkpoint_complexity(
