@@ -33,10 +33,11 @@ from mmengine.config import Config
 from prettytable import PrettyTable
 from torch import Tensor
 
-from epsd_mm.deploy.checkpoint import build_masked_model, load_checkpoint_dict
-from epsd_mm.deploy.config import input_shape_from_cfg
+from epsd_mm.deploy.checkpoint import (build_masked_model, build_model,
+                                       load_checkpoint_dict)
 from epsd_mm.deploy.complexity import (PartComplexity, model_complexity,
                                        zero_weight_masks)
+from epsd_mm.deploy.config import input_shape_from_cfg
 from epsd_mm.pruning import (MASK_SUFFIX, LayerSparsity, PruningRecord,
                              get_masks, masked_param_names, sparsity_stats)
 
@@ -165,9 +166,10 @@ class MaskComparison:
             IoU of each layer's kept set with the first checkpoint's.
         overall_iou (dict[tuple[int, int], float]): Per pair ``(i, j)``,
             ``i < j``, the IoU over all layers.
-        complexity (list[PartComplexity], optional): Per checkpoint, the
-            ``'total'`` row of :func:`~epsd_mm.deploy.model_complexity`;
-            None when no config was given.
+        complexity (list[PartComplexity], optional): Per checkpoint, its
+            dense and effective params and FLOPs
+            (:func:`checkpoint_complexity`); None when no config was
+            given.
     """
     labels: List[str]
     kind: str
@@ -298,13 +300,20 @@ def checkpoint_complexity(
             None (the config's).
 
     Returns:
-        PartComplexity: The ``'total'`` row.
+        PartComplexity: The ``'total'`` row: params and FLOPs of the dense
+        network, effective ones of the pruned (for a slim checkpoint: of
+        its slim architecture, less any masked weights).
     """
-    shape = shape or input_shape_from_cfg(cfg)
+    inputs = torch.zeros(1, 3, *(shape or input_shape_from_cfg(cfg)))
+    spec = pruned.record.slim_spec
     model = build_masked_model(cfg, pruned.checkpoint['state_dict'],
-                               pruned.path, pruned.record.slim_spec)
+                               pruned.path, spec)
     masks = get_masks(model) or zero_weight_masks(model)
-    return model_complexity(model, torch.zeros(1, 3, *shape), masks)[-1]
+    total = model_complexity(model, inputs, masks)[-1]
+    if spec is None:
+        return total
+    dense = model_complexity(build_model(cfg), inputs, {})[-1]
+    return total._replace(params=dense.params, flops=dense.flops)
 
 
 def _table(fields: List[str], rows: List[List[str]]) -> PrettyTable:
@@ -365,7 +374,8 @@ def format_comparison(comparison: MaskComparison) -> str:
             f'{c.effective_flops:,}', f'{c.effective_flops / c.flops:.3f}'
         ] for label, c in zip(labels, comparison.complexity)]
         lines += [
-            'effective params and FLOPs (pruned weights do no work):',
+            'params and FLOPs, dense and effective (pruned weights and '
+            'removed channels do no work):',
             _table([
                 'checkpoint', 'params', 'effective params', 'params ratio',
                 'FLOPs', 'effective FLOPs', 'FLOPs ratio'

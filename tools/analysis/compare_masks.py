@@ -69,6 +69,9 @@ def main() -> None:
     if cfg is None:
         print('effective params and FLOPs: not counted (pass --config, the '
               'config the checkpoints were trained with)')
+    else:
+        print('(model built from ' + (args.config or 'the config stored in '
+                                      f'{args.checkpoints[0]}') + ')')
     if args.out:
         plot_densities(comparison, args.out)
         print(f'density plot written to {args.out}')
