@@ -215,8 +215,7 @@ def check_comparable(checkpoints: Sequence[PrunedCheckpoint]) -> None:
         for name in names:
             a, b = first.keep.get(name), other.keep.get(name)
             if a is None or b is None:
-                has, lacks = ((first, other) if b is None else
-                              (other, first))
+                has, lacks = ((first, other) if b is None else (other, first))
                 raise ValueError(
                     f'{first.path} and {other.path} prune different layers: '
                     f'the first mismatch is {name!r}, pruned in {has.path} '
@@ -253,8 +252,8 @@ def compare_masks(checkpoints: Sequence[PrunedCheckpoint],
     check_comparable(checkpoints)
     names = list(checkpoints[0].keep)
     stats = [
-        sparsity_stats({name: c.keep[name] for name in names})
-        for c in checkpoints
+        sparsity_stats({name: c.keep[name]
+                        for name in names}) for c in checkpoints
     ]
     layer_iou = {}
     overall = {}
@@ -282,7 +281,8 @@ def _unique(labels: List[str]) -> List[str]:
     unique = []
     for label in labels:
         seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f'{label} ({seen[label]})')
+        count = seen[label]
+        unique.append(label if count == 1 else f'{label} ({count})')
     return unique
 
 
@@ -346,16 +346,17 @@ def format_comparison(comparison: MaskComparison) -> str:
     rows = []
     for k, name in enumerate(comparison.layers):
         rows.append([name, f'{comparison.stats[0][k].numel:,}'] +
-                    [f'{stats[k].density:.2%}'
-                     for stats in comparison.stats] +
+                    [f'{stats[k].density:.2%}' for stats in comparison.stats] +
                     [f'{comparison.layer_iou[j][k]:.3f}' for j in others])
     total = sum(s.numel for s in comparison.stats[0])
     rows.append(['total', f'{total:,}'] + [
         f'{1 - sum(s.zeros for s in stats) / total:.2%}'
         for stats in comparison.stats
     ] + [f'{comparison.overall_iou[(0, j)]:.3f}' for j in others])
-    lines = [f'kept sets: {KINDS[comparison.kind]}',
-             _table(fields, rows).get_string()]
+    lines = [
+        f'kept sets: {KINDS[comparison.kind]}',
+        _table(fields, rows).get_string()
+    ]
     lines.append('collapsed layers (density 0):')
     for label, names in zip(labels, comparison.collapsed):
         lines.append(f'  {label}: {", ".join(names) if names else "none"}')
@@ -365,8 +366,10 @@ def format_comparison(comparison: MaskComparison) -> str:
             f'{comparison.overall_iou[(min(i, j), max(i, j))]:.3f}'
             for j in range(len(labels))
         ] for i in range(len(labels))]
-        lines += ['overall IoU of the kept sets, every pair:',
-                  _table(['IoU'] + labels, matrix).get_string()]
+        lines += [
+            'overall IoU of the kept sets, every pair:',
+            _table(['IoU'] + labels, matrix).get_string()
+        ]
     if comparison.complexity is not None:
         rows = [[
             label, f'{c.params:,}', f'{c.effective_params:,}',
@@ -398,8 +401,10 @@ def plot_densities(comparison: MaskComparison, out: str) -> None:
     names = [name.rsplit('.weight', 1)[0] for name in comparison.layers]
     fig, ax = plt.subplots(figsize=(max(6, 0.28 * len(names)), 4))
     for label, stats in zip(comparison.labels, comparison.stats):
-        ax.plot(range(len(names)), [s.density for s in stats], marker='o',
-                markersize=3, label=label)
+        ax.plot(range(len(names)), [s.density for s in stats],
+                marker='o',
+                markersize=3,
+                label=label)
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel('density (kept fraction)')

@@ -18,11 +18,11 @@ of every changed layer::
 and kept; ``groups``: per channel group, by its root layer, its dense
 channel count and the indices of the channels kept, which tools such as
 ``tools/analysis/compare_masks.py`` compare. Specs of epsd_mm before
-``groups`` existed lack it; nothing else reads it.) Store it with the checkpoint (e.g. in its ``meta``):
-:func:`rebuild_slim` replays it on a freshly built dense model, after which
-the slim state dict loads. Only the shapes are replayed (the kept channels'
-weights come from the state dict), so no tracing and no example input are
-needed.
+``groups`` existed lack it; nothing else reads it.) Store it with the
+checkpoint (e.g. in its ``meta``): :func:`rebuild_slim` replays it on a
+freshly built dense model, after which the slim state dict loads. Only
+the shapes are replayed (the kept channels' weights come from the state
+dict), so no tracing and no example input are needed.
 
 The slim model records its spec (:func:`get_slim_spec`), so whoever saves
 or exports it later finds it; slimming a slim model again records the

@@ -15,8 +15,8 @@ from epsd_mm.analysis import (check_comparable, compare_masks,
                               plot_densities)
 from epsd_mm.deploy import build_model, model_complexity
 from epsd_mm.pruning import (ChannelGraph, PruningRecord, apply_masks,
-                             prunable_parameters, random_scores,
-                             select_masks, slim_channels)
+                             prunable_parameters, random_scores, select_masks,
+                             slim_channels)
 
 TOOL = 'tools/analysis/compare_masks.py'
 
@@ -27,9 +27,10 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.backbone = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
+                                      nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1),
+                                      nn.BatchNorm2d(8), nn.ReLU())
         self.head = nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
@@ -55,8 +56,9 @@ def _weight_ckpt(path, keep0, keep1):
     weights = [net.backbone[0].weight, net.backbone[3].weight]
     masks = {
         name: torch.tensor(keep, dtype=torch.bool).reshape(w.shape)
-        for name, keep, w in zip(('backbone.0.weight', 'backbone.3.weight'),
-                                 (keep0, keep1), weights)
+        for name, keep, w in zip(('backbone.0.weight',
+                                  'backbone.3.weight'), (keep0,
+                                                         keep1), weights)
     }
     apply_masks(net, masks)
     return _save(path, net)
@@ -82,13 +84,14 @@ def pair(tmp_path):
 def test_densities_iou_and_collapse_by_hand(pair):
     a, b = pair
     result = compare_masks(
-        [load_pruned_checkpoint(a, 'A'), load_pruned_checkpoint(b, 'B')])
+        [load_pruned_checkpoint(a, 'A'),
+         load_pruned_checkpoint(b, 'B')])
     assert result.kind == 'weight'
     assert result.layers == ['backbone.0.weight', 'backbone.3.weight']
-    assert [s.density for s in result.stats[0]] == pytest.approx(
-        [100 / N0, 300 / N1])
-    assert [s.density for s in result.stats[1]] == pytest.approx(
-        [100 / N0, 0.0])
+    assert [s.density
+            for s in result.stats[0]] == pytest.approx([100 / N0, 300 / N1])
+    assert [s.density
+            for s in result.stats[1]] == pytest.approx([100 / N0, 0.0])
     # layer 0: kept 0..99 vs 50..149 -> 50 shared of 150; layer 1: 0 of 300
     assert result.layer_iou[1] == pytest.approx([50 / 150, 0.0])
     assert result.overall_iou[(0, 1)] == pytest.approx(50 / 450)
@@ -102,8 +105,7 @@ def test_densities_iou_and_collapse_by_hand(pair):
 def test_identical_and_disjoint_masks(tmp_path):
     half0, half1 = range(0, N0 // 2), range(0, N1 // 2)
     a = _weight_ckpt(tmp_path / 'a.pth', _flat(N0, half0), _flat(N1, half1))
-    rest = _weight_ckpt(tmp_path / 'rest.pth',
-                        _flat(N0, range(N0 // 2, N0)),
+    rest = _weight_ckpt(tmp_path / 'rest.pth', _flat(N0, range(N0 // 2, N0)),
                         _flat(N1, range(N1 // 2, N1)))
     pruned = [load_pruned_checkpoint(p) for p in (a, a, rest)]
     result = compare_masks(pruned)
@@ -155,7 +157,8 @@ def test_bad_input_is_named(pair, tmp_path):
     net = Net()
     apply_masks(net, {'backbone.0.weight': net.backbone[0].weight != 0})
     other = load_pruned_checkpoint(_save(tmp_path / 'one.pth', net))
-    with pytest.raises(ValueError, match="first mismatch is "
+    with pytest.raises(ValueError,
+                       match="first mismatch is "
                        "'backbone.3.weight', pruned in .*a.pth"):
         check_comparable([load_pruned_checkpoint(a), other])
     # weights vs channels
@@ -167,7 +170,8 @@ def test_bad_input_is_named(pair, tmp_path):
         })
     channel = load_pruned_checkpoint(
         _save(tmp_path / 'slim.pth', slim_net, spec, 'channel'))
-    with pytest.raises(ValueError, match='weight masks, .*slim.pth by '
+    with pytest.raises(ValueError,
+                       match='weight masks, .*slim.pth by '
                        'removed channels'):
         check_comparable([load_pruned_checkpoint(a), channel])
     # a slim spec of epsd_mm before "groups": counts only
@@ -177,15 +181,13 @@ def test_bad_input_is_named(pair, tmp_path):
             _save(tmp_path / 'old.pth', slim_net, spec, 'channel'))
 
 
-def test_effective_params_and_flops_as_get_flops(tmp_path, voc_root,
-                                                 helpers):
+def test_effective_params_and_flops_as_get_flops(tmp_path, voc_root, helpers):
     cfg = helpers.make_tiny_cfg(voc_root, str(tmp_path))
     paths, models = [], []
     for seed in (0, 1):
         model = build_model(cfg)
-        scores = random_scores(
-            prunable_parameters(model, ('backbone', )),
-            generator=torch.Generator().manual_seed(seed))
+        scores = random_scores(prunable_parameters(model, ('backbone', )),
+                               generator=torch.Generator().manual_seed(seed))
         apply_masks(model, select_masks(scores, 0.8))
         paths.append(_save(tmp_path / f'{seed}.pth', model))
         models.append(model)

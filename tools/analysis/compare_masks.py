@@ -23,19 +23,26 @@ from epsd_mm.utils import register_checkpoint_safe_globals
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        'checkpoints', nargs='+', metavar='CHECKPOINT',
+        'checkpoints',
+        nargs='+',
+        metavar='CHECKPOINT',
         help='pruned checkpoints (.pth) of one model; the first is the '
         'reference of the per-layer IoU')
-    parser.add_argument(
-        '--labels', nargs='+', help='their names in the tables and the plot '
-        '(default: the paths)')
+    parser.add_argument('--labels',
+                        nargs='+',
+                        help='their names in the tables and the plot '
+                        '(default: the paths)')
     parser.add_argument('--out', help='PNG of the per-layer densities')
     parser.add_argument(
-        '--config', help='training config, to count effective params and '
+        '--config',
+        help='training config, to count effective params and '
         'FLOPs (default: the config stored in the first checkpoint; '
         'without one they are not counted)')
     parser.add_argument(
-        '--shape', type=int, nargs=2, metavar=('H', 'W'),
+        '--shape',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
         help="input size of the FLOP count (default: the config's crop "
         'size or fixed test Resize)')
     args = parser.parse_args()
