@@ -14,8 +14,10 @@ from epsd_mm.analysis import (check_comparable, compare_masks,
                               format_comparison, load_pruned_checkpoint,
                               plot_densities)
 from epsd_mm.deploy import build_model, model_complexity
+from epsd_mm.models import trace_forward
 from epsd_mm.pruning import (ChannelGraph, PruningRecord, apply_masks,
-                             prunable_parameters, random_scores, select_masks,
+                             compute_channel_scores, prunable_parameters,
+                             random_scores, select_channels, select_masks,
                              slim_channels)
 
 TOOL = 'tools/analysis/compare_masks.py'
@@ -197,6 +199,30 @@ def test_effective_params_and_flops_as_get_flops(tmp_path, voc_root, helpers):
     # two independent random 20% masks: IoU about .2 * .2 / (1 - .8 * .8)
     assert result.overall_iou[(0, 1)] == pytest.approx(1 / 9, abs=0.01)
     assert 'effective FLOPs' in format_comparison(result)
+
+
+def test_slim_checkpoint_counted_against_the_dense_network(
+        tmp_path, voc_root, helpers):
+    cfg = helpers.make_tiny_cfg(voc_root, str(tmp_path))
+    inputs = torch.zeros(1, 3, 64, 64)
+    paths, slim = [], []
+    for seed in (0, 1):
+        model = build_model(cfg)
+        graph = ChannelGraph(model, inputs, trace_forward)
+        scores = compute_channel_scores(
+            graph,
+            criterion='random',
+            generator=torch.Generator().manual_seed(seed))
+        spec = slim_channels(graph, select_channels(scores, 0.5))
+        paths.append(_save(tmp_path / f'{seed}.pth', model, spec, 'channel'))
+        slim.append(model_complexity(model, inputs, {})[-1])
+    dense = model_complexity(build_model(cfg), inputs, {})[-1]
+    result = compare_masks([load_pruned_checkpoint(p) for p in paths], cfg)
+    for row, slim_row in zip(result.complexity, slim):
+        assert (row.params, row.flops) == (dense.params, dense.flops)
+        assert (row.effective_params, row.effective_flops) == (
+            slim_row.params, slim_row.flops)
+    assert sum(s.numel for s in result.stats[0]) == spec['channels']['total']
 
 
 def _run(*args):
