@@ -186,6 +186,18 @@ COMMANDS: Dict[str, Shrink] = {
     'python tools/analysis/sparsity_report.py work_dirs/demo/iter_300.pth '
     '--out work_dirs/demo/density.png':
         Shrink(needs=('demo_run', ), expect=('90.00%', )),
+    # the task-loss twin of the demo, and its masks compared with EPSD's
+    'python tools/train.py configs/demo/epsd_deeplab_voc_demo.py --work-dir '
+    'work_dirs/demo_task --cfg-options default_hooks.pruning.loss=task':
+        Shrink(append=VOC_TINY, needs=('demo_run', ),
+               expect=('sparsity: 0.9000', )),
+    'python tools/analysis/compare_masks.py work_dirs/demo/iter_300.pth '
+    'work_dirs/demo_task/iter_300.pth --labels EPSD task '
+    '--out work_dirs/demo/compare.png':
+        Shrink(replace=(('demo_task/iter_300', 'demo_task/iter_2'), ),
+               needs=('demo_run', ),
+               expect=('IoU task vs EPSD', 'effective FLOPs',
+                       'density plot written')),
     # benchmark harness: hours of training; the arguments are checked
     'python tools/benchmark.py --sections sweep --sweep-tasks seg --seeds 0 1 '
     '2 3 4 --jobs 2 --quality-max-iters 100': Shrink(kind='parse'),

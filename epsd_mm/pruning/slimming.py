@@ -10,14 +10,19 @@ of every changed layer::
      'layers': {'backbone.layer1.0.conv1': {'type': 'Conv2d',
                                             'out_channels': [64, 32],
                                             'in_channels': [64, 64]}, ...},
-     'channels': {'total': 960, 'kept': 480}}
+     'channels': {'total': 960, 'kept': 480},
+     'groups': {'backbone.layer1.0.conv1': {'channels': 64,
+                                            'kept': [0, 3, 4, ...]}, ...}}
 
 (``channels``: the channels in scope, counted per group, of the dense model
-and kept.) Store it with the checkpoint (e.g. in its ``meta``):
-:func:`rebuild_slim` replays it on a freshly built dense model, after which
-the slim state dict loads. Only the shapes are replayed (the kept channels'
-weights come from the state dict), so no tracing and no example input are
-needed.
+and kept; ``groups``: per channel group, by its root layer, its dense
+channel count and the indices of the channels kept, which tools such as
+``tools/analysis/compare_masks.py`` compare. Specs of epsd_mm before
+``groups`` existed lack it; nothing else reads it.) Store it with the
+checkpoint (e.g. in its ``meta``): :func:`rebuild_slim` replays it on a
+freshly built dense model, after which the slim state dict loads. Only
+the shapes are replayed (the kept channels' weights come from the state
+dict), so no tracing and no example input are needed.
 
 The slim model records its spec (:func:`get_slim_spec`), so whoever saves
 or exports it later finds it; slimming a slim model again records the
@@ -117,7 +122,26 @@ def compose_slim_specs(first: Mapping, second: Mapping) -> dict:
         spec['channels'] = dict(
             total=first['channels']['total'],
             kept=second['channels']['kept'])
+    if 'groups' in first and 'groups' in second:
+        spec['groups'] = _compose_groups(first['groups'], second['groups'])
     return spec
+
+
+def _compose_groups(first: Mapping, second: Mapping) -> dict:
+    """Kept channels of two slimmings, as indices of the dense groups.
+
+    Channel ``c`` of a group of the second slimming is output channel ``c``
+    of its (already slim) root layer, i.e. the dense channel
+    ``first[name]['kept'][c]``.
+    """
+    groups = _copied(first)
+    for name, group in second.items():
+        if name in groups:
+            dense = groups[name]['kept']
+            groups[name]['kept'] = [dense[c] for c in group['kept']]
+        else:
+            groups[name] = _copied(group)
+    return groups
 
 
 def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
@@ -193,7 +217,13 @@ def slim_channels(graph: ChannelGraph, keep: Mapping[str, Tensor]) -> dict:
         layers=layers,
         channels=dict(
             total=graph.num_channels,
-            kept=sum(int(mask.sum()) for mask in keep.values())))
+            kept=sum(int(mask.sum()) for mask in keep.values())),
+        groups={
+            name: dict(
+                channels=group.num_channels,
+                kept=keep[name].bool().nonzero().flatten().tolist())
+            for name, group in graph.groups.items()
+        })
     earlier = get_slim_spec(model)
     if earlier is not None:
         spec = compose_slim_specs(earlier, spec)

@@ -274,6 +274,10 @@ def test_slim_model_records_its_spec_and_rebuild_is_idempotent(
     assert spec['channels'] == dict(
         total=sum(k.numel() for k in keep.values()),
         kept=sum(int(k.sum()) for k in keep.values()))
+    assert spec['groups'] == {
+        name: dict(channels=k.numel(), kept=k.nonzero().flatten().tolist())
+        for name, k in keep.items()
+    }
     fresh = build_model(cfg, seed=1)
     assert get_slim_spec(fresh) is None
     rebuild_slim(fresh, spec)
@@ -302,6 +306,11 @@ def test_slimming_twice_composes_one_spec(cfg, batch):
     assert composed['channels'] == dict(
         total=first['channels']['total'],
         kept=sum(int(k.sum()) for k in keep.values()))
+    # kept channels as indices of the dense groups: a subset of the first's
+    for name, group in composed['groups'].items():
+        assert group['channels'] == first['groups'][name]['channels']
+        assert len(group['kept']) == int(keep[name].sum())
+        assert set(group['kept']) <= set(first['groups'][name]['kept'])
     slim = layer_channels(model)
     assert set(composed['layers']) >= set(first['layers'])
     for name, layer in composed['layers'].items():
