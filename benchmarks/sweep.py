@@ -161,14 +161,19 @@ def run(args) -> List[Tuple[str, List[str]]]:
         runs = _plan(task, args)
         results = _execute(runs, args)
         summary = _summarise(runs, results)
+        # A shortened schedule is another experiment: its own sections
+        # and plot, beside those of the config's full schedule.
+        short = args.quality_max_iters
         plot = osp.join(
-            osp.dirname(osp.abspath(args.out)), f'sweep_{name}.png')
+            osp.dirname(osp.abspath(args.out)),
+            f'sweep_{name}{f"_{short}it" if short else ""}.png')
         plot_sweep(task, _methods(args), summary, args.sweep_sparsities,
                    plot)
         print(f'wrote {plot}', flush=True)
         for index, (key, higher) in enumerate(task.metrics):
             # The plot (all metrics) goes under the headline metric's table.
-            tables.append((f'Sparsity sweep: {task.title}, {key}',
+            tables.append((f'Sparsity sweep: {task.title}, {key}' +
+                           (f' ({short} iterations)' if short else ''),
                            _table(task, key, higher, summary, runs, args,
                                   '' if index else osp.basename(plot))))
     return tables
