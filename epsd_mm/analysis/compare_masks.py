@@ -30,13 +30,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from mmengine.config import Config
-from prettytable import PrettyTable
 from torch import Tensor
 
 from epsd_mm.deploy.checkpoint import (build_masked_model, build_model,
                                        load_checkpoint_dict)
 from epsd_mm.deploy.complexity import (PartComplexity, model_complexity,
-                                       zero_weight_masks)
+                                       render_table, zero_weight_masks)
 from epsd_mm.deploy.config import input_shape_from_cfg
 from epsd_mm.pruning import (MASK_SUFFIX, LayerSparsity, PruningRecord,
                              get_masks, masked_param_names, sparsity_stats)
@@ -316,16 +315,6 @@ def checkpoint_complexity(
     return total._replace(params=dense.params, flops=dense.flops)
 
 
-def _table(fields: List[str], rows: List[List[str]]) -> PrettyTable:
-    table = PrettyTable()
-    table.field_names = fields
-    for row in rows:
-        table.add_row(row)
-    table.align = 'r'
-    table.align[fields[0]] = 'l'
-    return table
-
-
 def format_comparison(comparison: MaskComparison) -> str:
     """Render a comparison as plain-text tables.
 
@@ -355,7 +344,7 @@ def format_comparison(comparison: MaskComparison) -> str:
     ] + [f'{comparison.overall_iou[(0, j)]:.3f}' for j in others])
     lines = [
         f'kept sets: {KINDS[comparison.kind]}',
-        _table(fields, rows).get_string()
+        render_table(fields, rows)
     ]
     lines.append('collapsed layers (density 0):')
     for label, names in zip(labels, comparison.collapsed):
@@ -368,7 +357,7 @@ def format_comparison(comparison: MaskComparison) -> str:
         ] for i in range(len(labels))]
         lines += [
             'overall IoU of the kept sets, every pair:',
-            _table(['IoU'] + labels, matrix).get_string()
+            render_table(['IoU'] + labels, matrix)
         ]
     if comparison.complexity is not None:
         rows = [[
@@ -379,10 +368,10 @@ def format_comparison(comparison: MaskComparison) -> str:
         lines += [
             'params and FLOPs, dense and effective (pruned weights and '
             'removed channels do no work):',
-            _table([
+            render_table([
                 'checkpoint', 'params', 'effective params', 'params ratio',
                 'FLOPs', 'effective FLOPs', 'FLOPs ratio'
-            ], rows).get_string()
+            ], rows)
         ]
     return '\n'.join(lines)
 

@@ -157,7 +157,7 @@ def format_complexity_table(rows: List[PartComplexity]) -> str:
         str: Params and FLOPs, dense and effective, with their ratio.
     """
     with_flops = rows[-1].flops is not None
-    return _render(
+    return render_table(
         ['part', 'params', 'effective params', 'params ratio'] +
         (['FLOPs', 'effective FLOPs', 'FLOPs ratio'] if with_flops else []),
         [[r.name, f'{r.params:,}', f'{r.effective_params:,}',
@@ -192,7 +192,7 @@ def format_complexity_change(before: List[PartComplexity],
             f'{b.effective_flops:,}', f'{r.effective_flops:,}',
             _ratio(r.effective_flops, b.effective_flops)
         ] if with_flops else []))
-    return _render(
+    return render_table(
         ['part', 'params before', 'params after', 'params ratio'] +
         (['FLOPs before', 'FLOPs after', 'FLOPs ratio']
          if with_flops else []), cells)
@@ -202,12 +202,13 @@ def _ratio(new: Optional[int], old: Optional[int]) -> str:
     return f'{new / old:.3f}' if old else '-'
 
 
-def _render(fields: List[str], rows: List[List[str]]) -> str:
-    """A right-aligned table with the part names left-aligned."""
+def render_table(fields: List[str], rows: List[List[str]]) -> str:
+    """A right-aligned table whose first column (the names) is
+    left-aligned."""
     table = PrettyTable()
     table.field_names = fields
     for row in rows:
         table.add_row(row)
     table.align = 'r'
-    table.align['part'] = 'l'
+    table.align[fields[0]] = 'l'
     return table.get_string()

@@ -31,6 +31,12 @@ class _ModelCall(nn.Module):
         return fn(self.model, *args)
 
 
+def plain_forward(model: nn.Module, x: Tensor) -> Any:
+    """``model(x)``: the default ``forward_fn`` of the criteria that run
+    the network on a plain input tensor."""
+    return model(x)
+
+
 def call_with_tensors(model: nn.Module, tensors: Mapping[str, Tensor],
                       fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn(model, *args)`` with some parameters/buffers substituted.

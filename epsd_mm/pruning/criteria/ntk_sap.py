@@ -9,14 +9,12 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..functional import call_with_tensors, first_sample, preserved_state
+from ..functional import (call_with_tensors, first_sample, plain_forward,
+                          preserved_state)
 from ..masks import get_masks
 from ..selection import select_masks
 from .base import CRITERIA, Criterion, ScoringInputs
 
-
-def _forward(model: nn.Module, x: Tensor) -> Any:
-    return model(x)
 
 
 def _output_tensors(out: Any) -> List[Tensor]:
@@ -246,7 +244,7 @@ def ntk_sap_scores(model: nn.Module,
                          '`sparsity` to schedule the intermediate masks')
     if input_shape is None:
         input_shape = batch_input_shape(batches)
-    forward_fn = forward_fn or _forward
+    forward_fn = forward_fn or plain_forward
     generator = generator or torch.Generator().manual_seed(0)
     first = next(iter(params.values()))
     device, dtype = first.device, first.dtype

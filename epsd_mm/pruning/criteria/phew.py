@@ -50,15 +50,13 @@ import torch.nn as nn
 from torch import Tensor
 from torch.nn.modules.conv import _ConvNd
 
-from ..functional import call_with_tensors, first_sample, preserved_state
+from ..functional import (call_with_tensors, first_sample, plain_forward,
+                          preserved_state)
 from ..selection import check_sparsity, kept_count
 from .base import CRITERIA, Criterion, ScoringInputs
 
 LayerGraph = Tuple[List[str], Dict[str, List[str]], Dict[str, List[str]]]
 
-
-def _forward(model: nn.Module, x: Tensor) -> Any:
-    return model(x)
 
 
 def _output_nodes(out: Any) -> List[Any]:
@@ -225,7 +223,7 @@ def trace_layer_graph(model: nn.Module,
         first, as layers of their own), and the transitively reduced
         successors and predecessors of each.
     """
-    forward_fn = forward_fn or _forward
+    forward_fn = forward_fn or plain_forward
     first = next(iter(params.values()))
     x = torch.zeros(tuple(input_shape), dtype=first.dtype,
                     device=first.device, requires_grad=True)

@@ -1,19 +1,17 @@
 """SynFlow: data-free, iterative synaptic-flow scores."""
 from itertools import chain
 from typing import (Any, Callable, Dict, Iterable, Mapping, Optional,
-                    Sequence, Tuple)
+                    Sequence)
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..functional import call_with_tensors, first_sample, preserved_state
+from ..functional import (call_with_tensors, first_sample, plain_forward,
+                          preserved_state)
 from ..selection import select_masks
 from .base import CRITERIA, Criterion, ScoringInputs
 
-
-def _forward(model: nn.Module, x: Tensor) -> Any:
-    return model(x)
 
 
 def _sum_outputs(out: Any) -> Tensor:
@@ -88,7 +86,7 @@ def synflow_scores(model: nn.Module,
                          '`sparsity` to schedule the intermediate masks')
     if input_shape is None:
         input_shape = tuple(first_sample(batches, 'synflow').shape)
-    forward_fn = forward_fn or _forward
+    forward_fn = forward_fn or plain_forward
     device = next(iter(params.values())).device
     ones = torch.ones(tuple(input_shape), dtype=dtype, device=device)
     absolute = {
