@@ -175,6 +175,21 @@ CRITERIA = [
             dict(_delete_=True, rounds=3)
         },
         id='synflow-rounds'),
+    # the later pruning-at-initialisation methods, without hook code of
+    # their own: FORCE on EPSD's SD loss with two EPSD-It rounds; NTK-SAP
+    # and PHEW data-free at their defaults
+    pytest.param(
+        'force',
+        'sd',
+        0.9,
+        0.0, {
+            **NO_ZERO_INIT, 'default_hooks.pruning.criterion_cfg':
+            dict(_delete_=True, num_steps=2),
+            'default_hooks.pruning.rounds': 2
+        },
+        id='force-sd-rounds'),
+    pytest.param('ntk_sap', None, 0.9, 0.0, {}, id='ntk_sap'),
+    pytest.param('phew', None, 0.9, 0.0, {}, id='phew'),
 ]
 
 
@@ -211,7 +226,10 @@ def test_each_criterion_via_hook(tiny_cfg, tmp_path, helpers, criterion, loss,
         line = log.split('pruning weights of backbone')[1].splitlines()[0]
         assert 'loss' not in line and 'batches' not in line
     if 'default_hooks.pruning.criterion_cfg' in extra:
-        assert 'SynFlow(input_shape=None, rounds=3' in log
+        assert ('SynFlow(input_shape=None, rounds=3' in log
+                or "FORCE(num_steps=2, schedule='exp'" in log)
+    if 'default_hooks.pruning.rounds' in extra:
+        assert 'round 2/2: weight sparsity 0.9000' in log
 
 
 def test_scoring_loss_matters_and_is_deterministic(pruned_run, tiny_cfg,

@@ -227,26 +227,3 @@ def test_weight_pruner_rounds_with_force():
     assert report.sparsity == pytest.approx(SPARSITY, abs=1e-3)
     for name, mask in get_masks(model).items():
         assert not (mask & ~masks[name]).any(), name  # masks only shrink
-
-
-@pytest.mark.e2e
-def test_hook_prunes_with_force_on_the_sd_loss(tiny_cfg, tmp_path, helpers):
-    """EarlyPruningHook with criterion='force' (no hook change): EPSD's SD
-    loss, two EPSD-It rounds, the target reached exactly."""
-    from mmengine.runner import Runner
-    cfg = tiny_cfg({
-        'default_hooks.pruning.criterion': 'force',
-        'default_hooks.pruning.criterion_cfg':
-        dict(_delete_=True, num_steps=2),
-        'default_hooks.pruning.loss': 'sd',
-        'default_hooks.pruning.rounds': 2,
-        'model.backbone.zero_init_residual': False,
-    }, max_iters=1)
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    masks = get_masks(runner.model)
-    total = sum(m.numel() for m in masks.values())
-    assert sum(int(m.sum()) for m in masks.values()) == round(0.1 * total)
-    log = helpers.read_logs(str(tmp_path))
-    assert "FORCE(num_steps=2, schedule='exp', variant='force')" in log
-    assert 'on the sd loss (2 batches)' in log

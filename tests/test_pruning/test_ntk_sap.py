@@ -271,21 +271,3 @@ def test_invalid_options():
 def test_iterative_needs_sparsity(seg_model):
     with pytest.raises(ValueError, match='sparsity'):
         compute_scores(seg_model, criterion='ntk_sap', input_shape=INPUT)
-
-
-@pytest.mark.e2e
-def test_demo_config_trains_with_ntk_sap(tiny_cfg, tmp_path, helpers):
-    """``tools/train.py configs/demo/epsd_deeplab_voc_demo.py --cfg-options
-    default_hooks.pruning.criterion=ntk_sap`` (tiny: 1 iteration), at the
-    criterion's defaults: no loss, no batches scored on."""
-    from mmengine.runner import Runner
-    runner = Runner.from_cfg(
-        tiny_cfg({'default_hooks.pruning.criterion': 'ntk_sap'}, max_iters=1))
-    runner.train()
-    masks = get_masks(runner.model)
-    total = sum(m.numel() for m in masks.values())
-    assert sum(int(m.sum()) for m in masks.values()) == round(0.1 * total)
-    log = helpers.read_logs(str(tmp_path))
-    assert 'NTKSAP(input_shape=None, iterations=20' in log
-    line = log.split('pruning weights of backbone')[1].splitlines()[0]
-    assert 'loss' not in line and 'batches' not in line
