@@ -15,9 +15,11 @@ OPENMMLAB = ('mmengine', 'mmcv', 'mmseg', 'mmdet', 'mmpretrain')
 # package -> epsd_mm packages it must not import (lower layers never import
 # higher ones; the core imports none)
 FORBIDDEN = {
-    'pruning': ('datasets', 'deploy', 'engine', 'evaluation', 'losses',
-                'models', 'sd_methods', 'utils', 'visualization'),
-    'deploy': ('engine', ),
+    'pruning': ('analysis', 'datasets', 'deploy', 'engine', 'evaluation',
+                'losses', 'models', 'sd_methods', 'utils', 'visualization'),
+    'deploy': ('analysis', 'engine'),
+    # reads checkpoints like deploy; never runs a Runner
+    'analysis': ('engine', ),
     'losses': ('engine', 'deploy'),
     'sd_methods': ('engine', 'deploy'),
     'models': ('engine', 'deploy'),
