@@ -94,8 +94,12 @@ class Criterion:
 
     def batches_needed(self, num_batches: int) -> int:
         """How many batches to draw for one scoring, given the configured
-        ``num_batches``: that number for data criteria, 0 for data-free
-        ones. Raises a fix-it error for numbers the criterion cannot use."""
+        ``num_batches``: that number for data criteria; for ``'input'``
+        ones 1 (the input's shape) unless built with an ``input_shape``;
+        0 for the rest. Raises a fix-it error for numbers the criterion
+        cannot use."""
+        if self.data == 'input':
+            return 0 if getattr(self, 'input_shape', None) else 1
         if self.data != 'batches':
             return 0
         if num_batches < 1:

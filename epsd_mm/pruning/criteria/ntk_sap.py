@@ -364,9 +364,6 @@ class NTKSAP(Criterion):
         self.seed = seed
         self.uses_sparsity = iterations > 1
 
-    def batches_needed(self, num_batches: int) -> int:
-        return 1 if self.input_shape is None else 0
-
     def generator(self) -> torch.Generator:
         """A CPU generator seeded with :attr:`seed` (or the run's seed)."""
         seed = torch.initial_seed() if self.seed is None else self.seed

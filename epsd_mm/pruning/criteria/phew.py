@@ -574,9 +574,6 @@ class PHEW(Criterion):
         self.seed = seed
         self.max_walks = max_walks
 
-    def batches_needed(self, num_batches: int) -> int:
-        return 1 if self.input_shape is None else 0
-
     def weight_scores(self, params: Mapping[str, Tensor],
                       inputs: ScoringInputs) -> Dict[str, Tensor]:
         if inputs.sparsity is None:

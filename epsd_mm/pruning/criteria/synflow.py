@@ -148,9 +148,6 @@ class SynFlow(Criterion):
         self.dtype = dtype
         self.uses_sparsity = rounds > 1
 
-    def batches_needed(self, num_batches: int) -> int:
-        return 1 if self.input_shape is None else 0
-
     def weight_scores(self, params: Mapping[str, Tensor],
                       inputs: ScoringInputs) -> Dict[str, Tensor]:
         return synflow_scores(inputs.model, params, inputs.batches,
