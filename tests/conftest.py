@@ -19,6 +19,7 @@ from typing import Callable, Dict, Optional
 
 import pytest
 import torch
+from filelock import FileLock
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
@@ -222,6 +223,9 @@ def make_tiny_cfg(data_root: str,
         'default_hooks.pruning.num_batches': 2,
         'default_hooks.pruning.criterion_cfg': dict(
             num_steps=1, lr=0.1, first_order=False),
+        # one torch thread per process: the demo's 2 would oversubscribe
+        # the 2 cores the xdist workers and the subprocesses share
+        'env_cfg.torch_num_threads': 1,
     })
     cfg.test_dataloader = cfg.val_dataloader
     if overrides:
@@ -308,29 +312,37 @@ def failure_text(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope='session')
-def tool_run(tmp_path_factory, voc_root) -> SimpleNamespace:
+def tool_run(tmp_path_factory, worker_id, voc_root) -> SimpleNamespace:
     """``tools/train.py`` on the dumped tiny config, sparsity changed on the
     command line (0.8), 2 iterations: the config path, work_dir,
-    checkpoint and stdout, shared by the tests of every tool."""
-    tmp = tmp_path_factory.mktemp('tools')
-    cfg = make_tiny_cfg(voc_root, str(tmp / 'unused'), max_iters=2)
-    cfg_path = str(tmp / 'tiny_epsd.py')
-    cfg.dump(cfg_path)
+    checkpoint and stdout, shared by the tests of every tool. Under xdist
+    the first worker that asks trains and the others read its run (tests
+    must not write into its work_dir)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != 'master':
+        shared = shared.parent  # this session's folder of all workers
+    tmp = shared / 'tool_run'
+    with FileLock(str(shared / 'tool_run.lock')):
+        if not (tmp / 'stdout.txt').is_file():
+            tmp.mkdir(exist_ok=True)
+            cfg = make_tiny_cfg(voc_root, str(tmp / 'unused'), max_iters=2)
+            cfg.dump(str(tmp / 'tiny_epsd.py'))
+            proc = run_python(
+                osp.join(REPO_ROOT, 'tools', 'train.py'),
+                str(tmp / 'tiny_epsd.py'),
+                '--work-dir',
+                str(tmp / 'work'),
+                '--cfg-options',
+                'default_hooks.pruning.sparsity=0.8',
+                cwd=str(tmp))
+            assert proc.returncode == 0, failure_text(proc)
+            (tmp / 'stdout.txt').write_text(proc.stdout)
     work_dir = str(tmp / 'work')
-    proc = run_python(
-        osp.join(REPO_ROOT, 'tools', 'train.py'),
-        cfg_path,
-        '--work-dir',
-        work_dir,
-        '--cfg-options',
-        'default_hooks.pruning.sparsity=0.8',
-        cwd=str(tmp))
-    assert proc.returncode == 0, failure_text(proc)
     return SimpleNamespace(
-        cfg_path=cfg_path,
+        cfg_path=str(tmp / 'tiny_epsd.py'),
         work_dir=work_dir,
         checkpoint=osp.join(work_dir, 'iter_2.pth'),
-        stdout=proc.stdout)
+        stdout=(tmp / 'stdout.txt').read_text())
 
 
 @pytest.fixture(scope='session')

@@ -54,14 +54,15 @@ VOC_TINY = ('--cfg-options train_cfg.max_iters=2 train_cfg.val_interval=2 '
             'default_hooks.pruning.num_batches=2 '
             'default_hooks.pruning.criterion_cfg.num_steps=1 '
             'train_dataloader.num_workers=0 val_dataloader.num_workers=0 '
-            'test_dataloader.num_workers=0')
+            'test_dataloader.num_workers=0 env_cfg.torch_num_threads=1')
 # Epoch-based demos: one epoch of small batches.
 EPOCH_TINY = ('--cfg-options train_cfg.max_epochs=1 train_cfg.val_interval=1 '
               'default_hooks.checkpoint.interval=1 default_hooks.logger.interval=1 '
               'default_hooks.pruning.num_batches=1 '
               'default_hooks.pruning.criterion_cfg.num_steps=1 '
               'train_dataloader.batch_size=4 train_dataloader.num_workers=0 '
-              'val_dataloader.num_workers=0 test_dataloader.num_workers=0')
+              'val_dataloader.num_workers=0 test_dataloader.num_workers=0 '
+              'env_cfg.torch_num_threads=1')
 VOC_DATA_TINY = '--num-train 8 --num-val 4 --image-size 64'
 
 
@@ -151,10 +152,14 @@ COMMANDS: Dict[str, Shrink] = {
     f'python tools/test.py {FULL_CFG} {FULL_CKPT}':
         Shrink(replace=((FULL_CFG, TINY_CFG), ('iter_20000', 'iter_2')),
                expect=('sparsity: 0.9000', 'effective_params')),
+    # 2 CPU ranks (torchrun, gloo): the distributed smoke test of the suite
     f'tools/dist_train.sh {FULL_CFG} 8':
-        Shrink(command=f'tools/dist_train.sh {TINY_CFG} 1 --work-dir '
+        Shrink(command=f'tools/dist_train.sh {TINY_CFG} 2 --work-dir '
                'work_dirs/dist', env={'PORT': '{port}'},
-               expect=('sparsity',)),
+               expect=('Distributed launcher: pytorch',
+                       'Distributed training: True', 'GPU number: 2',
+                       'weight sparsity 0.9000 (target 0.9000)',
+                       'Iter(val)', 'sparsity: 0.9000')),
     f'GPUS=16 tools/slurm_train.sh PARTITION JOB {FULL_CFG}':
         Shrink(fake_srun=True,
                expect=('srun -p PARTITION --job-name=JOB', '--ntasks=16',

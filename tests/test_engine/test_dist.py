@@ -42,23 +42,29 @@ def _run(cmd, helpers, cwd, **env_extra):
     return proc
 
 
-def _run_worker(worker: str, voc_root: str, tmp_path, helpers):
-    """Run a worker script on 2 ranks with torchrun; its per-rank records."""
-    work_dir = str(tmp_path)
+@pytest.fixture(scope='module')
+def dist_runs(voc_root, tmp_path_factory, helpers) -> str:
+    """_dist_worker.py on 2 ranks with torchrun (a weight-pruned and a
+    channel-pruned run, one launch); the folder of their work_dirs."""
+    work_dir = str(tmp_path_factory.mktemp('dist'))
     cmd = [
         sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
         '--nnodes=1', f'--master_port={helpers.free_port()}',
-        osp.join(HERE, worker), voc_root, work_dir
+        osp.join(HERE, '_dist_worker.py'), voc_root, work_dir
     ]
     proc = _run(cmd, helpers, cwd=helpers.repo_root)
     assert proc.returncode == 0, _failure(proc)
+    return work_dir
+
+
+def _records(work_dir: str):
     return (torch.load(osp.join(work_dir, 'rank0.pt')),
             torch.load(osp.join(work_dir, 'rank1.pt')))
 
 
-def test_ranks_hold_identical_masks(voc_root, tmp_path, helpers):
-    rank0, rank1 = _run_worker('_dist_prune_worker.py', voc_root, tmp_path,
-                               helpers)
+def test_ranks_hold_identical_masks(dist_runs, helpers):
+    work_dir = osp.join(dist_runs, 'weight')
+    rank0, rank1 = _records(work_dir)
     assert rank0['world_size'] == rank1['world_size'] == 2
     assert rank0['wrapper'] == 'MMDistributedDataParallel'
     # the ranks drew different data, so their local scores differed ...
@@ -76,43 +82,17 @@ def test_ranks_hold_identical_masks(voc_root, tmp_path, helpers):
     for name, mask in rank0['masks'].items():
         assert torch.equal(rank0['zeros'][name], ~mask | rank0['zeros'][name])
         assert rank0['zeros'][name][~mask].all()
-    log = helpers.read_logs(str(tmp_path))
+    log = helpers.read_logs(work_dir)
     assert 'EarlyPruningHook: pruning weights of backbone with ProsPr(' in log
     assert 'EarlyPruningHook: weight sparsity 0.9000 (target 0.9000)' in log
     assert 'Iter(train) [2/2]' in log
 
 
-def test_dist_train_sh_smoke(tiny_cfg, tmp_path, helpers):
-    cfg = tiny_cfg(max_iters=2)
-    cfg_path = str(tmp_path / 'tiny_epsd.py')
-    cfg.dump(cfg_path)
-    work_dir = str(tmp_path / 'work')
-    proc = _run([
-        'bash',
-        osp.join(helpers.repo_root, 'tools', 'dist_train.sh'), cfg_path, '2',
-        '--work-dir', work_dir
-    ],
-                helpers,
-                cwd=str(tmp_path),
-                PORT=str(helpers.free_port()))
-    assert proc.returncode == 0, _failure(proc)
-    ckpt = torch.load(osp.join(work_dir, 'iter_2.pth'))
-    masks = {k: v for k, v in ckpt['state_dict'].items()
-             if k.endswith('.weight_epsd_mask')}
-    assert len(masks) == 22
-    kept = sum(int(m.sum()) for m in masks.values())
-    assert kept == round(0.1 * sum(m.numel() for m in masks.values()))
-    log = helpers.read_logs(work_dir)
-    assert 'Distributed launcher: pytorch' in log
-    assert 'Distributed training: True' in log and 'GPU number: 2' in log
-    assert 'Iter(val)' in log and 'sparsity: 0.9000' in log
-
-
-def test_ranks_hold_identical_slim_networks(voc_root, tmp_path, helpers):
+def test_ranks_hold_identical_slim_networks(dist_runs, helpers):
     """Channel pruning under DDP: every rank trains the same slim network,
     although each rank's own selection differed (see the worker)."""
-    rank0, rank1 = _run_worker('_dist_channel_worker.py', voc_root,
-                               tmp_path, helpers)
+    work_dir = osp.join(dist_runs, 'channel')
+    rank0, rank1 = _records(work_dir)
     assert rank0['world_size'] == rank1['world_size'] == 2
     # DDP re-wrapped the slim model
     assert rank0['wrapper'] == 'MMDistributedDataParallel'
@@ -128,6 +108,6 @@ def test_ranks_hold_identical_slim_networks(voc_root, tmp_path, helpers):
     assert rank0['weights'].keys() == rank1['weights'].keys()
     for name, value in rank0['weights'].items():
         assert torch.equal(value, rank1['weights'][name]), name
-    log = helpers.read_logs(str(tmp_path))
+    log = helpers.read_logs(work_dir)
     assert 'pruning channels of backbone with SNIP()' in log
     assert 'Iter(train) [2/2]' in log

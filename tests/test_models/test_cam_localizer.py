@@ -189,6 +189,7 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
     else:
         cfg.default_hooks.pop('pruning')
     cfg.default_hooks.checkpoint.interval = 1
+    cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
     return cfg
 
 

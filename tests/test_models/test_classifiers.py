@@ -68,6 +68,7 @@ def make_cfg(cifar_root, work_dir, overrides=None) -> Config:
         'default_hooks.checkpoint.interval': 1,
         'default_hooks.pruning.num_batches': 1,
         'default_hooks.pruning.criterion_cfg': dict(num_steps=1),
+        'env_cfg.torch_num_threads': 1,  # see conftest.make_tiny_cfg
     })
     if overrides:
         cfg.merge_from_dict(overrides)
