@@ -264,6 +264,29 @@ def plan_runs(base: Config, family: Dict[str, Callable[[Config], None]],
     return runs
 
 
+def fixed_threads_note(runs: Sequence[Tuple[str, Config, int, str]],
+                       jobs: int, threads: int) -> str:
+    """What to say when the runs' configs fix their torch threads (the demo
+    configs do: their results depend on the count) to another number than
+    the ``threads // jobs`` :func:`train_all` would give each run; the
+    config wins, so the split does not take effect.
+
+    Returns:
+        str: The note, or ``''`` when the split takes effect.
+    """
+    per_run = max(1, threads // jobs)
+    fixed = sorted({
+        cfg.get('env_cfg', {}).get('torch_num_threads')
+        for _, cfg, _, _ in runs
+    } - {None, per_run})
+    if not fixed:
+        return ''
+    return (f'the configs fix env_cfg.torch_num_threads={fixed[-1]}, which '
+            f'wins over the {per_run} threads per run: {jobs} runs at a time '
+            f'use up to {jobs * fixed[-1]} threads for --threads {threads}; '
+            f'pass --jobs {max(1, threads // fixed[-1])} not to oversubscribe')
+
+
 def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
               threads: int, tag: str) -> List[Outcome]:
     """Train runs with :func:`train_cached`, ``jobs`` at a time.
@@ -285,6 +308,9 @@ def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
     per_run = max(1, threads // jobs)
     print(f'[{tag}] {len(runs)} runs, {jobs} at a time, {per_run} threads '
           'each', flush=True)
+    note = fixed_threads_note(runs, jobs, threads)
+    if note:
+        print(f'[{tag}] note: {note}', flush=True)
 
     def train(run):
         name, cfg, seed, work_dir = run

@@ -57,6 +57,17 @@ def test_train_all_runs_in_parallel_and_reports_every_failure(
     assert 'runs, 2 at a time, 1 threads each' in capsys.readouterr().out
 
 
+def test_fixed_threads_of_a_config_are_reported():
+    from mmengine.config import Config
+    demo = Config(dict(env_cfg=dict(torch_num_threads=2)))
+    runs = [('demo', demo, 0, 'a'), ('plain', Config(dict()), 0, 'b')]
+    note = common.fixed_threads_note(runs, jobs=2, threads=2)
+    assert 'torch_num_threads=2' in note and 'up to 4 threads' in note
+    assert '--jobs 1' in note
+    assert common.fixed_threads_note(runs, jobs=1, threads=2) == ''
+    assert common.fixed_threads_note(runs[1:], jobs=2, threads=2) == ''
+
+
 def test_in_fresh_process_returns_raises_and_restores_env(monkeypatch):
     monkeypatch.delenv('EPSD_BENCH_PROBE', raising=False)
     assert common.in_fresh_process(
