@@ -35,7 +35,7 @@ from .params import Scopes, normalize_scopes, prunable_parameters
 from .record import to_plain
 from .score_cache import ScoreCache, rng_state
 from .selection import (check_floors_fit, check_selection, check_sparsity,
-                        max_sparsity_with_one_each, select_masks)
+                        max_sparsity_with_one_each, select_masks, tied_kept)
 from .slimming import format_slim_table, get_slim_spec, slim_channels
 from .stats import format_sparsity_table, overall_sparsity, sparsity_stats
 
@@ -47,6 +47,8 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 ForwardFn = Callable[[nn.Module, Any], Any]
 #: Batches for every round, or ``batches(round) -> batches``.
 Batches = Union[Iterable[Any], Callable[[int], Iterable[Any]], None]
+#: Share of the kept units chosen by tie order above which a round warns.
+TIED_SHARE = 0.01
 
 
 @dataclass
@@ -69,6 +71,8 @@ class PruningReport:
             changed layer).
         zero_score_layers (list[str]): Layers or groups that scored exactly
             0 everywhere (their masks follow tie order, not merit).
+        tied_kept (int): Kept weights that tie order chose over pruned ones
+            of equal score (see :func:`~epsd_mm.pruning.selection.tied_kept`).
         replaced_parameters (bool): Whether parameters were replaced
             (optimizers and DDP wrappers must be re-bound).
         cached (bool): Whether the scores came from a score cache.
@@ -85,6 +89,7 @@ class PruningReport:
     seconds: float
     table: str
     zero_score_layers: List[str] = field(default_factory=list)
+    tied_kept: int = 0
     replaced_parameters: bool = False
     cached: bool = False
 
@@ -101,17 +106,28 @@ class PruningReport:
 
     def warnings(self) -> List[str]:
         """What the caller should tell the user about this round."""
+        messages = []
         dead = self.zero_score_layers
-        if not dead:
-            return []
-        return [
-            f'{len(dead)} layers score exactly 0 under {self.criterion}, so '
-            f'their selection follows tie order: {", ".join(dead[:6])}'
-            f'{" ..." if len(dead) > 6 else ""}. A common cause is '
-            'zero-initialised residual BN layers at random init: set '
-            "backbone.zero_init_residual=False, or use criterion='prospr', "
-            'whose inner steps revive them.'
-        ]
+        if dead:
+            messages.append(
+                f'{len(dead)} layers score exactly 0 under {self.criterion}, '
+                f'so their selection follows tie order: {", ".join(dead[:6])}'
+                f'{" ..." if len(dead) > 6 else ""}. A common cause is '
+                'zero-initialised residual BN layers at random init: set '
+                "backbone.zero_init_residual=False, or use "
+                "criterion='prospr', whose inner steps revive them.")
+        # a handful of equal scores is chance; a share of the mask is not
+        if self.tied_kept > max(1, TIED_SHARE * self.kept):
+            messages.append(
+                f'{self.tied_kept:,} of the {self.kept:,} kept '
+                f'{self.granularity}s ({self.tied_kept / self.kept:.1%}) '
+                f'were chosen by position, not by {self.criterion}: their '
+                'scores equal those of pruned ones at the keep boundary '
+                '(e.g. weights no PHEW walk visited, or scores of 0). '
+                'Layer-wise quotas and min_density floors fill up with '
+                "them: prefer selection='global' and min_density=0 for "
+                'this criterion, or a criterion that ranks every weight.')
+        return messages
 
 
 class Pruner:
@@ -344,6 +360,7 @@ class Pruner:
         if broadcast is not None:
             for mask in keep.values():
                 broadcast(mask)  # ties or per-rank randomness
+        tied = self._tied_kept(model, scores, keep)
         table = self._apply(model, units, keep)
         if score_cache is not None:
             score_cache.remove(key)
@@ -358,6 +375,7 @@ class Pruner:
             seconds=time.perf_counter() - start,
             table=table,
             zero_score_layers=[n for n, s in scores.items() if not s.any()],
+            tied_kept=tied,
             replaced_parameters=self.replaces_parameters,
             cached=cached)
 
@@ -396,6 +414,11 @@ class Pruner:
         """``sparsity``, ``kept`` and ``total`` after applying ``keep``."""
         raise NotImplementedError
 
+    def _tied_kept(self, model: nn.Module, scores: Dict[str, Tensor],
+                   keep: Dict[str, Tensor]) -> int:
+        """Kept units that tie order chose (not counted for channels)."""
+        return 0
+
 
 class WeightPruner(Pruner):
     """Prune individual weights of the Conv/Linear/attention layers in
@@ -426,23 +449,35 @@ class WeightPruner(Pruner):
         scores = self.criterion.weight_scores(units, inputs)
         return {name: score.detach() for name, score in scores.items()}
 
+    @staticmethod
+    def _competing(model: nn.Module,
+                   scores: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The scores with weights pruned by an earlier round (or masks the
+        model came with) pushed below every survivor: only survivors
+        compete, so masks only shrink."""
+        previous = get_masks(model)
+        survivors = {n: previous[n] for n in scores if n in previous}
+        if not survivors:
+            return scores
+        floor = min(float(s.min()) for s in scores.values()) - 1.0
+        return {
+            name: torch.where(survivors[name], s, torch.full_like(s, floor))
+            if name in survivors else s
+            for name, s in scores.items()
+        }
+
     def _select(self, model: nn.Module, units: Dict[str, nn.Parameter],
                 scores: Dict[str, Tensor],
                 target: float) -> Dict[str, Tensor]:
-        previous = get_masks(model)
-        survivors = {n: previous[n] for n in scores if n in previous}
-        if survivors:
-            floor = min(float(s.min()) for s in scores.values()) - 1.0
-            scores = {
-                name: torch.where(survivors[name], s, torch.full_like(
-                    s, floor)) if name in survivors else s
-                for name, s in scores.items()
-            }
         return select_masks(
-            scores,
+            self._competing(model, scores),
             target,
             selection=self.selection,
             min_density=self.min_density)
+
+    def _tied_kept(self, model: nn.Module, scores: Dict[str, Tensor],
+                   keep: Dict[str, Tensor]) -> int:
+        return tied_kept(self._competing(model, scores), keep, self.selection)
 
     def _apply(self, model: nn.Module, units: Dict[str, nn.Parameter],
                keep: Dict[str, Tensor]) -> str:

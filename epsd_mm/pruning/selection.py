@@ -189,6 +189,45 @@ def _global_masks(scores: Mapping[str, Tensor],
     }
 
 
+def tied_kept(scores: Mapping[str, Tensor],
+              keep: Mapping[str, Tensor],
+              selection: str = 'global') -> int:
+    """How many kept entries the scores did not choose over pruned ones:
+    at a keep boundary where kept and pruned entries share a score, tie
+    order (position) picked ``min(kept, pruned)`` of them.
+
+    The boundaries are each layer's (its lowest kept score against its own
+    pruned entries: layer-wise quotas, ``min_density`` floors) and, for
+    global selection, the model's (the lowest kept score of all layers
+    against every pruned entry). Layers that score 0 everywhere are left
+    out (the pruners report them on their own).
+
+    Args:
+        scores (Mapping[str, Tensor]): Scores per name, as selected.
+        keep (Mapping[str, Tensor]): The bool keep-masks chosen from them.
+        selection (str): ``'global'`` or ``'layerwise'``, as selected.
+            Defaults to ``'global'``.
+
+    Returns:
+        int: Kept entries that position, not score, decided.
+    """
+    layers = [(s.detach(), keep[name]) for name, s in scores.items()
+              if s.any() and keep[name].any()]
+    if not layers:
+        return 0
+    lowest = min(float(s[k].min()) for s, k in layers)
+    tied = 0
+    for s, k in layers:
+        floor = float(s[k].min())
+        if selection == 'global' and floor == lowest:
+            continue  # the model's boundary, counted once below
+        tied += min(int((s[k] == floor).sum()), int((s[~k] == floor).sum()))
+    if selection == 'global':
+        tied += min(sum(int((s[k] == lowest).sum()) for s, k in layers),
+                    sum(int((s[~k] == lowest).sum()) for s, k in layers))
+    return tied
+
+
 def select_masks(scores: Mapping[str, Tensor],
                  sparsity: float,
                  selection: str = 'global',

@@ -198,6 +198,23 @@ def test_weight_pruner_two_rounds(seg_model, seg_batches):
     assert report.kept == round(0.1 * total)
 
 
+def test_layerwise_quotas_filled_by_position_are_reported(seg_model):
+    """Weights no walk visited all score 0: global selection keeps only
+    visited ones (but for the last walk's overshoot: a few of the weights
+    visited once); layer-wise quotas fill up with unvisited ones by
+    position, and the report says so."""
+    model = copy.deepcopy(seg_model)
+    report = WeightPruner(sparsity=0.9, criterion=dict(
+        type='phew', input_shape=INPUT, seed=0)).prune(model)
+    assert 0 < report.tied_kept < 10 and report.warnings() == []
+    report = WeightPruner(sparsity=0.9, selection='layerwise',
+                          criterion=dict(type='phew', input_shape=INPUT,
+                                         seed=0)).prune(seg_model)
+    assert report.tied_kept > 0.01 * report.kept
+    assert any('chosen by position, not by phew' in w
+               for w in report.warnings())
+
+
 def test_needs_sparsity_and_scores_weights_only(seg_model):
     with pytest.raises(ValueError, match='needs the target `sparsity`'):
         compute_scores(seg_model, criterion='phew', input_shape=INPUT)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from epsd_mm.pruning import select_masks
+from epsd_mm.pruning.selection import tied_kept
 
 
 def random_scores(seed=0):
@@ -54,6 +55,28 @@ def test_ties_broken_by_position():
     assert masks['a'].tolist() == masks['b'].tolist() == [
         True, True, False, False
     ]
+
+
+def test_tied_kept_counts_what_position_chose():
+    # distinct scores: the scores decide every kept weight
+    scores = {'a': torch.tensor([4., 3, 2, 1]), 'b': torch.tensor([8., 7])}
+    assert tied_kept(scores, select_masks(scores, 0.5)) == 0
+    # a tie across the global boundary (score 1 in both layers)
+    scores = {'a': torch.tensor([4., 1, 0, 0]), 'b': torch.tensor([1., 1])}
+    masks = select_masks(scores, 0.5)  # keeps 4, a's 1 and b's first 1
+    assert tied_kept(scores, masks) == 1  # one 1 of three was pruned
+    # layer-wise quotas filled from a tie inside a layer
+    scores = {'a': torch.tensor([5., 0, 0, 0]), 'b': torch.tensor([2., 1])}
+    masks = select_masks(scores, 0.5, selection='layerwise')
+    assert masks['a'].tolist() == [True, True, False, False]
+    # a's second keep was one 0 of three; b's lowest kept (1) ties with
+    # nothing in b: across layers there is no competition layer-wise
+    assert tied_kept(scores, masks, 'layerwise') == 1
+    assert tied_kept({'a': scores['a']}, {'a': masks['a']}) == 1
+    # layers scoring 0 everywhere are reported on their own, not here
+    scores = {'a': torch.zeros(4), 'b': torch.tensor([2., 1])}
+    masks = select_masks(scores, 0.5, selection='layerwise')
+    assert tied_kept(scores, masks, 'layerwise') == 0
 
 
 def test_mixed_dtypes_are_compared_exactly():
