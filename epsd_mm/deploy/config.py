@@ -132,7 +132,8 @@ def _unlabeled_test_cfg(model_cfg: ConfigDict) -> Optional[str]:
             and test_cfg.get('cam_class') == 'gt'):
         model_cfg.test_cfg = dict(test_cfg, cam_class='pred')
         return ("model.test_cfg.cam_class: 'gt' -> 'pred' (deployed images "
-                'carry no label)')
+                'carry no label; labelled_test_cfg keeps the trained '
+                'test_cfg, which tools/deploy/test_onnx.py evaluates with)')
     return None
 
 
@@ -163,8 +164,11 @@ def deploy_config(cfg: Config,
     Drops every hook of an epsd_mm type from ``default_hooks`` and
     ``custom_hooks`` (pruning, self-distillation), replaces the model by
     :func:`plain_model_cfg`, adds a top-level ``test_pipeline`` if there is
-    none, and sets the default scope to the plain model's package when no
-    component needs the ``epsd_mm`` scope any more. A channel-pruned
+    none, makes a CAM localiser take its predicted class's CAM (keeping the
+    trained ``model.test_cfg`` as the top-level ``labelled_test_cfg``, the
+    WSOL protocol on a labelled test set), and sets the default scope to the
+    plain model's package when no component needs the ``epsd_mm`` scope any
+    more. A channel-pruned
     network's model becomes ``epsd_mm.SlimModel`` (see
     :func:`~epsd_mm.models.slim_model.build_slim_model`), with
     ``custom_imports`` of ``epsd_mm`` so that plain mmseg/mmdet find it.
@@ -201,6 +205,8 @@ def deploy_config(cfg: Config,
     change = _unlabeled_test_cfg(model)
     if change:
         changes.append(change)
+        # the labelled test set's protocol, for tools/deploy/test_onnx.py
+        cfg.labelled_test_cfg = copy.deepcopy(cfg.model.test_cfg)
     cfg.model = model
 
     change = _top_level_test_pipeline(cfg)

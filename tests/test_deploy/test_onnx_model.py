@@ -5,7 +5,9 @@ import importlib.util
 import os.path as osp
 import re
 import sys
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Optional, Tuple
 
 import onnxruntime as ort
 import pytest
@@ -13,14 +15,22 @@ import torch
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
 from mmseg.apis import init_model
 from mmseg.structures import SegDataSample
 
+from epsd_mm.datasets.demo_cifar import write_cifar_demo
+from epsd_mm.datasets.demo_cub import write_cub_demo
 from epsd_mm.deploy import export_onnx, export_pruned_checkpoint
 from epsd_mm.deploy.checkpoint import build_model
 from epsd_mm.deploy.onnx_model import OnnxEvalError, attach_onnx_network
 from epsd_mm.registry import MODELS
 from .conftest import randomise_batch_norms
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CUB_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'epsd_cam_cub_demo.py')
+CIFAR_DEMO = osp.join(REPO_ROOT, 'configs', 'demo',
+                      'epsd_resnet_cifar_demo.py')
 
 
 def _quiet(_):
@@ -164,11 +174,53 @@ def test_cam_localizer_predicts_as_pytorch(tmp_path):
 # --------------------------------------------------------------------------
 # The tool, against tools/test.py
 # --------------------------------------------------------------------------
+#: Keys of the metrics line that are no metric of the predictions: the
+#: checkpoint's sparsity (tools/test.py only) and the loop's timings.
+NOT_METRICS = {'sparsity', 'effective_params', 'data_time', 'time'}
+
+
 def _metrics(line: str) -> dict:
+    """The metrics of a Runner's ``Epoch(test)`` / ``Iter(test)`` line, as
+    printed."""
+    line = line.split('(test)', 1)[-1]
     return {
-        k: float(v)
-        for k, v in re.findall(r'(aAcc|mIoU|mAcc): ([\d.]+)', line)
+        key: float(value)
+        for key, value in re.findall(r'([\w/@.]+): (-?[\d.]+)', line)
+        if key not in NOT_METRICS
     }
+
+
+def _test_py_metrics(run: SimpleNamespace, repo_root: str, work_dir: str,
+                     capsys, monkeypatch) -> dict:
+    """tools/test.py in-process on ``run``'s checkpoint: the metrics it
+    printed."""
+    monkeypatch.setattr(sys, 'argv', [
+        'tools/test.py', run.cfg_path, run.checkpoint, '--work-dir', work_dir
+    ])
+    _tool(repo_root, 'test.py').main()
+    lines = [l for l in capsys.readouterr().out.splitlines() if '(test)' in l]
+    return _metrics(lines[-1])
+
+
+def _check_onnx_tool_prints(expected: dict, run: SimpleNamespace,
+                            repo_root: str, work_dir: str, capsys) -> None:
+    """test_onnx.py on ``run``'s ONNX file, with the training config and
+    with the export's deploy_config.py, returns and prints ``expected``
+    (to the printed rounding, 4 decimals: 0.01 is far below one image of
+    the tiny test sets)."""
+    tool = _tool(repo_root)
+    for config in (run.cfg_path, run.deploy_cfg):
+        metrics = tool.main(
+            [config, run.onnx, '--threads', '1', '--work-dir', work_dir])
+        assert set(metrics) == set(expected), config
+        for key, value in expected.items():
+            assert metrics[key] == pytest.approx(value,
+                                                 abs=0.01), (config, key)
+        printed = [
+            l for l in capsys.readouterr().out.splitlines() if '(test)' in l
+        ]
+        assert printed and _metrics(printed[-1]) == pytest.approx(
+            expected, abs=0.01), config
 
 
 @pytest.mark.e2e
@@ -177,28 +229,11 @@ def test_tool_gives_the_metrics_of_test_py(exported, helpers, tmp_path, capsys,
     """The issue's acceptance test: the ONNX file through the config's test
     data and evaluator gives tools/test.py's mIoU on the checkpoint, with
     the training config and with the export's deploy_config.py."""
-    monkeypatch.setattr(sys, 'argv', [
-        'tools/test.py', exported.cfg_path, exported.checkpoint, '--work-dir',
-        str(tmp_path / 'test_py')
-    ])
-    _tool(helpers.repo_root, 'test.py').main()
-    lines = [l for l in capsys.readouterr().out.splitlines() if 'mIoU:' in l]
-    expected = _metrics(lines[-1])
+    expected = _test_py_metrics(exported, helpers.repo_root,
+                                str(tmp_path / 'test_py'), capsys, monkeypatch)
     assert set(expected) == {'aAcc', 'mIoU', 'mAcc'}
-
-    tool = _tool(helpers.repo_root)
-    for config in (exported.cfg_path, exported.deploy_cfg):
-        metrics = tool.main([
-            config, exported.onnx, '--threads', '1', '--work-dir',
-            str(tmp_path / 'onnx')
-        ])
-        for key, value in expected.items():
-            assert metrics[key] == pytest.approx(value, abs=0.01), key
-        printed = [
-            l for l in capsys.readouterr().out.splitlines() if 'mIoU:' in l
-        ]
-        assert printed and _metrics(printed[-1]) == pytest.approx(expected,
-                                                                  abs=0.01)
+    _check_onnx_tool_prints(expected, exported, helpers.repo_root,
+                            str(tmp_path / 'onnx'), capsys)
 
 
 @pytest.mark.e2e
@@ -248,3 +283,126 @@ def test_image_classifier_predicts_as_pytorch(tmp_path):
                                    atol=1e-5,
                                    rtol=0)
         assert torch.equal(g.pred_label, w.pred_label)
+
+
+# --------------------------------------------------------------------------
+# The tool against tools/test.py: the CAM localiser and the classifier
+# --------------------------------------------------------------------------
+Shape = Optional[Tuple[int, int]]
+
+
+def _train_and_export(cfg: Config,
+                      tmp: Path,
+                      checkpoint: str,
+                      shape: Shape = None) -> SimpleNamespace:
+    """Train ``cfg`` (with its pruning hook) with a Runner, dump it and
+    export the pruned checkpoint with ONNX."""
+    Runner.from_cfg(copy.deepcopy(cfg)).train()
+    cfg_path = str(tmp / 'config.py')
+    cfg.dump(cfg_path)
+    out_dir = str(tmp / 'deploy')
+    checkpoint = osp.join(cfg.work_dir, checkpoint)
+    export_pruned_checkpoint(cfg,
+                             checkpoint,
+                             out_dir,
+                             shape=shape,
+                             onnx=True,
+                             log=_quiet)
+    return SimpleNamespace(cfg_path=cfg_path,
+                           checkpoint=checkpoint,
+                           deploy_cfg=osp.join(out_dir, 'deploy_config.py'),
+                           onnx=osp.join(out_dir, 'model.onnx'))
+
+
+@pytest.fixture(scope='module')
+def cam_run(tmp_path_factory) -> SimpleNamespace:
+    """The CUB CAM demo (EPSD + CS-KD) at test size: 3 classes of 4 images
+    of 64 px (3 test images, 3 held out for the CAM threshold), a width-8
+    ResNet-18, one epoch at 90% sparsity, exported at the 64x64 of its test
+    Resize."""
+    tmp = tmp_path_factory.mktemp('onnx_cam')
+    data_root = str(tmp / 'cub')
+    write_cub_demo(data_root, num_classes=3, images_per_class=4, image_size=64)
+    cfg = Config.fromfile(CUB_DEMO)
+    cfg.work_dir = str(tmp / 'work')
+    cfg.model.backbone.base_channels = 8
+    cfg.model.head.update(num_classes=3, in_channels=64)
+    train_pipeline = cfg.train_dataloader.dataset.pipeline
+    train_pipeline[1].scale = (72, 72)
+    train_pipeline[2].crop_size = (64, 64)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (64, 64)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader,
+                   cfg.test_dataloader):
+        loader.update(batch_size=4, num_workers=0)
+        loader.dataset.data_root = data_root
+        loader.dataset.heldout_per_class = 1  # of 3 training images
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    cfg.param_scheduler[0].T_max = 1
+    cfg.default_hooks.pruning.num_batches = 2
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
+    return _train_and_export(cfg, tmp, 'epoch_1.pth')
+
+
+@pytest.mark.e2e
+def test_tool_gives_the_wsol_metrics_of_test_py(cam_run, tmp_path, capsys,
+                                                monkeypatch):
+    """The CAM localiser: every WSOL and calibration metric tools/test.py
+    prints, with the training config and with deploy_config.py (whose
+    localiser takes the predicted class's CAM; the tool evaluates with the
+    trained ground-truth protocol)."""
+    expected = _test_py_metrics(cam_run, REPO_ROOT, str(tmp_path / 'test_py'),
+                                capsys, monkeypatch)
+    assert {
+        'wsol/top1_cls', 'wsol/top1_loc@best', 'wsol/gt_known_loc@best',
+        'wsol/maxboxacc_v2', 'calibration/ece'
+    } <= set(expected)
+    _check_onnx_tool_prints(expected, cam_run, REPO_ROOT,
+                            str(tmp_path / 'onnx'), capsys)
+    # On 3 test images both protocols can print the same numbers: check
+    # that deploy_config.py ('pred') is evaluated with the trained 'gt'.
+    deployed = Config.fromfile(cam_run.deploy_cfg)
+    assert deployed.model.test_cfg.cam_class == 'pred'
+    assert _tool(REPO_ROOT).onnx_test_config(
+        deployed).model.test_cfg.cam_class == 'gt'
+
+
+@pytest.fixture(scope='module')
+def cls_run(tmp_path_factory) -> SimpleNamespace:
+    """The CIFAR classifier demo (EPSD + DLB, ProsPr at 90%) at test size:
+    one epoch of 3 iterations on 20 images, 10 test images of 32 px,
+    exported at 32x32 (its test pipeline has no fixed Resize to infer the
+    size from)."""
+    tmp = tmp_path_factory.mktemp('onnx_cls')
+    data_root = write_cifar_demo(str(tmp / 'cifar'), num_train=20, num_test=10)
+    cfg = Config.fromfile(CIFAR_DEMO)
+    cfg.merge_from_dict({
+        'work_dir': str(tmp / 'work'),
+        'train_dataloader.dataset.data_root': data_root,
+        'train_dataloader.batch_size': 8,
+        'train_dataloader.num_workers': 0,
+        'val_dataloader.dataset.data_root': data_root,
+        'val_dataloader.batch_size': 10,
+        'val_dataloader.num_workers': 0,
+        'train_cfg.max_epochs': 1,
+        'train_cfg.val_interval': 1,
+        'default_hooks.checkpoint.interval': 1,
+        'default_hooks.pruning.num_batches': 1,
+        'default_hooks.pruning.criterion_cfg': dict(num_steps=1),
+    })
+    cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
+    cfg.test_dataloader = cfg.val_dataloader
+    return _train_and_export(cfg, tmp, 'epoch_1.pth', shape=(32, 32))
+
+
+@pytest.mark.e2e
+def test_tool_gives_the_accuracy_and_calibration_of_test_py(
+        cls_run, tmp_path, capsys, monkeypatch):
+    """The image classifier: accuracy and calibration as tools/test.py
+    prints them, with the training config and with deploy_config.py."""
+    expected = _test_py_metrics(cls_run, REPO_ROOT, str(tmp_path / 'test_py'),
+                                capsys, monkeypatch)
+    assert {'accuracy/top1', 'calibration/ece',
+            'calibration/aurc'} <= set(expected)
+    _check_onnx_tool_prints(expected, cls_run, REPO_ROOT,
+                            str(tmp_path / 'onnx'), capsys)

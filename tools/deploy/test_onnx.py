@@ -50,11 +50,12 @@ def onnx_test_config(cfg: Config) -> Config:
     """The deploy config of ``cfg`` (no epsd_mm hooks or wrappers, so no
     pruning hook runs), evaluated as ``tools/test.py`` evaluates ``cfg``.
 
-    The model's ``test_cfg`` stays the config's: the deploy config makes a
-    CAM localiser take its predicted class (deployed images carry no
-    label), while the test set's labels give the WSOL protocol the training
-    config asks for. Nothing is loaded into the model (its network is the
-    ONNX file).
+    The model's ``test_cfg`` is the training config's: the deploy config
+    makes a CAM localiser take its predicted class (deployed images carry
+    no label), while the test set's labels give the WSOL protocol the
+    training config asks for (a deploy config keeps the trained one as
+    ``labelled_test_cfg``). Nothing is loaded into the model (its network
+    is the ONNX file).
 
     Args:
         cfg (Config): A training or deploy config.
@@ -62,7 +63,8 @@ def onnx_test_config(cfg: Config) -> Config:
     Returns:
         Config: The config to build the Runner from.
     """
-    test_cfg = copy.deepcopy(cfg.model.get('test_cfg'))
+    test_cfg = copy.deepcopy(
+        cfg.get('labelled_test_cfg', cfg.model.get('test_cfg')))
     cfg, _ = deploy_config(cfg)
     if test_cfg is not None:
         cfg.model.test_cfg = test_cfg
