@@ -71,6 +71,7 @@ def test_deploy_config_of_the_cub_demo():
     }
     # a deployed localiser sees images without labels
     assert cfg.model.test_cfg.cam_class == 'pred'
+    assert cfg.labelled_test_cfg.cam_class == 'gt'  # for test_onnx.py
     assert any('cam_class' in c for c in changes)
 
 
