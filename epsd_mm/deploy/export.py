@@ -22,6 +22,7 @@ import io
 import os
 import os.path as osp
 import shutil
+import itertools
 import tempfile
 import time
 from collections import OrderedDict
@@ -29,6 +30,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 from epsd_mm.pruning import PruningRecord, to_plain
@@ -161,6 +163,62 @@ def _check_int8_args(cfg: Config, onnx: bool, calib_num: int,
     calibration_dataloader_cfg(cfg, calib_split)
 
 
+#: Test images whose preprocessed size decides the ONNX input size.
+SHAPE_PROBE = 8
+
+
+def onnx_input_shape(cfg: Config,
+                     model: nn.Module,
+                     log: Callable[[str], None] = print) -> Tuple[int, int]:
+    """The fixed input ``(H, W)`` of an ONNX export when none is given: the
+    size ``cfg.test_dataloader`` feeds the network (its first
+    :data:`SHAPE_PROBE` images through the pipeline and ``model``'s data
+    preprocessor) when they share one, so that
+    ``tools/deploy/test_onnx.py`` can evaluate the file; else the config's
+    crop size or fixed test ``Resize``
+    (:func:`~epsd_mm.deploy.config.input_shape_from_cfg`). Logs which and
+    why.
+
+    Args:
+        cfg (Config): The training config.
+        model (nn.Module): The built model (its data preprocessor).
+        log (Callable[[str], None]): Where the choice is said. Defaults to
+            print.
+
+    Returns:
+        tuple[int, int]: Height and width.
+    """
+    from mmengine.runner import Runner
+    try:
+        with DefaultScope.overwrite_default_scope(
+                cfg.get('default_scope', 'mmengine')):
+            loader = Runner.build_dataloader(
+                calibration_dataloader_cfg(cfg, 'test'), seed=0)
+            sizes = sorted({
+                tuple(model.data_preprocessor(data, False)['inputs'].shape[-2:])
+                for data in itertools.islice(loader, SHAPE_PROBE)
+            })
+        if len(sizes) == 1:
+            height, width = sizes[0]
+            log(f'ONNX input size {height}x{width}: what `test_dataloader` '
+                f'gives (its first images, up to {SHAPE_PROBE}); --shape H W '
+                'for another')
+            return int(height), int(width)
+        reason = ('the test images come in several sizes (' +
+                  ', '.join(f'{h}x{w}' for h, w in sizes[:4]) + ')'
+                  if sizes else 'the test set is empty')
+    except Exception as error:  # noqa: BLE001  said below, not hidden
+        first_line = str(error).split('\n')[0]
+        reason = (f'the test data could not be read ({type(error).__name__}:'
+                  f' {first_line})')
+    shape = input_shape_from_cfg(cfg)
+    log(f'ONNX input size {shape[0]}x{shape[1]} (the config\'s crop size or '
+        f'fixed test Resize), as {reason}. tools/deploy/test_onnx.py feeds '
+        'the test pipeline\'s images: give --shape H W of their size, or '
+        'evaluate with slide inference whose crop is this size')
+    return shape
+
+
 def export_pruned_checkpoint(
         cfg: Config,
         checkpoint: str,
@@ -182,8 +240,9 @@ def export_pruned_checkpoint(
         out_dir (str): Where to write; must be empty or new unless
             ``force``.
         shape (tuple[int, int], optional): Input ``(H, W)`` for the output
-            checks and ONNX. Defaults to the config's (see
-            :func:`~epsd_mm.deploy.config.input_shape_from_cfg`).
+            checks and ONNX. Defaults to None: with ``onnx``, the size the
+            test pipeline gives (:func:`onnx_input_shape`), else the
+            config's (:func:`~epsd_mm.deploy.config.input_shape_from_cfg`).
         onnx (bool): Also write and check ``model.onnx``. Defaults to False.
         force (bool): Overwrite files in ``out_dir``. Defaults to False.
         atol (float): Largest accepted difference between the masked and
@@ -207,7 +266,10 @@ def export_pruned_checkpoint(
     check_out_dir(out_dir, force)
     if int8:
         _check_int8_args(cfg, onnx, calib_num, calib_split)
-    shape = tuple(shape) if shape else input_shape_from_cfg(cfg)
+    if shape:
+        shape = tuple(shape)
+    elif not onnx:
+        shape = input_shape_from_cfg(cfg)
     ckpt = load_checkpoint_dict(checkpoint)
     slim_spec = PruningRecord.from_checkpoint(ckpt).slim_spec
     try:
@@ -240,6 +302,8 @@ def export_pruned_checkpoint(
         'please report this with both configs.')
     plain.load_state_dict(kept)
 
+    if shape is None:
+        shape = onnx_input_shape(cfg, plain, log)
     inputs = torch.randn(
         1, 3, *shape, generator=torch.Generator().manual_seed(0))
     logits_diff = _max_abs_diff(masked, plain, inputs)

@@ -136,6 +136,35 @@ def test_refuses_an_output_dir_with_files_unless_forced(pruned, tmp_path):
 # --------------------------------------------------------------------------
 # Channel-pruned (slim) checkpoints
 # --------------------------------------------------------------------------
+def _onnx_input(path: str) -> list:
+    import onnx
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims]
+
+
+def test_onnx_takes_the_size_the_test_pipeline_gives(pruned, tmp_path):
+    """Without --shape, the ONNX graph gets the test images' preprocessed
+    size (here 80x80 from a fixed test Resize, the crop is 64), so
+    test_onnx.py can evaluate it; unreadable test data falls back to the
+    crop size, saying why."""
+    cfg = copy.deepcopy(pruned.cfg)
+    cfg.test_dataloader.dataset.pipeline[1] = dict(
+        type='Resize', scale=(80, 80), keep_ratio=False, _scope_='mmseg')
+    said = []
+    export_pruned_checkpoint(cfg, pruned.checkpoint, str(tmp_path / 'a'),
+                             onnx=True, log=said.append)
+    assert _onnx_input(str(tmp_path / 'a' / 'model.onnx')) == [1, 3, 80, 80]
+    assert any('ONNX input size 80x80: what `test_dataloader` gives' in m
+               for m in said)
+    cfg.test_dataloader.dataset.data_root = str(tmp_path / 'nowhere')
+    said = []
+    export_pruned_checkpoint(cfg, pruned.checkpoint, str(tmp_path / 'b'),
+                             onnx=True, log=said.append)
+    assert _onnx_input(str(tmp_path / 'b' / 'model.onnx')) == [1, 3, 64, 64]
+    assert any('ONNX input size 64x64' in m and 'could not be read' in m
+               and '--shape H W' in m for m in said)
+
+
 @pytest.fixture(scope='module')
 def slim(pruned, tmp_path_factory):
     """The tiny config's model with half of its backbone channels removed,

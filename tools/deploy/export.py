@@ -75,7 +75,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         nargs=2,
         metavar=('H', 'W'),
         help='input size of the checks and of the ONNX graph (default: '
-        "the config's crop size or fixed test Resize)")
+        'with --onnx, the size the test pipeline gives when its first '
+        "images share one, else the config's crop size or fixed test "
+        'Resize)')
     parser.add_argument(
         '--force',
         action='store_true',
