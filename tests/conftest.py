@@ -240,6 +240,43 @@ def make_tiny_cfg(data_root: str,
     return cfg
 
 
+CAM_DEMO_CONFIG = osp.join(REPO_ROOT, 'configs', 'demo',
+                           'epsd_cam_cub_demo.py')
+
+
+def make_tiny_cam_cfg(data_root: str, work_dir: str,
+                      num_classes: int = 3) -> Config:
+    """``configs/demo/epsd_cam_cub_demo.py`` (EPSD + CS-KD) shrunk to test
+    size: a width-8 ResNet-18 on 64 px images (72 px resize, 64 px crops),
+    batches of 4, one held-out training image per class, one epoch,
+    ProsPr on 2 batches, one torch thread.
+
+    Args:
+        data_root (str): Demo CUB data (``write_cub_demo``).
+        work_dir (str): The run's work_dir.
+        num_classes (int): Classes of the demo data. Defaults to 3.
+    """
+    cfg = Config.fromfile(CAM_DEMO_CONFIG)
+    cfg.work_dir = str(work_dir)
+    cfg.model.backbone.base_channels = 8
+    cfg.model.head.update(num_classes=num_classes, in_channels=64)
+    train_pipeline = cfg.train_dataloader.dataset.pipeline
+    train_pipeline[1].scale = (72, 72)
+    train_pipeline[2].crop_size = (64, 64)
+    cfg.test_dataloader.dataset.pipeline[1].scale = (64, 64)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader,
+                   cfg.test_dataloader):
+        loader.update(batch_size=4, num_workers=0)
+        loader.dataset.data_root = data_root
+        loader.dataset.heldout_per_class = 1  # of 3 training images
+    cfg.train_cfg.update(max_epochs=1, val_interval=1)
+    cfg.param_scheduler[0].T_max = 1
+    cfg.default_hooks.pruning.num_batches = 2
+    cfg.default_hooks.checkpoint.interval = 1
+    cfg.env_cfg.torch_num_threads = 1  # see make_tiny_cfg
+    return cfg
+
+
 @pytest.fixture(scope='session')
 def voc_root(tmp_path_factory) -> str:
     """Demo VOC data (8 train, 4 val images of 64 px), written once."""
@@ -356,6 +393,7 @@ def helpers() -> SimpleNamespace:
         run_python=run_python,
         failure_text=failure_text,
         make_tiny_cfg=make_tiny_cfg,
+        make_tiny_cam_cfg=make_tiny_cam_cfg,
         train_pipeline=train_pipeline,
         test_pipeline=TEST_PIPELINE,
         repo_root=REPO_ROOT,

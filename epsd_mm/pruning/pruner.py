@@ -37,7 +37,7 @@ from .score_cache import ScoreCache, rng_state
 from .selection import (check_floors_fit, check_selection, check_sparsity,
                         max_sparsity_with_one_each, select_masks, tied_kept)
 from .slimming import format_slim_table, get_slim_spec, slim_channels
-from .stats import format_sparsity_table, overall_sparsity, sparsity_stats
+from .stats import format_sparsity_table, sparsity_stats
 
 #: ``reduce(tensor)``: average a tensor over ranks, in place.
 Reduce = Callable[[Tensor], Any]

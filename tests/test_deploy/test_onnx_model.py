@@ -28,7 +28,6 @@ from epsd_mm.registry import MODELS
 from .conftest import randomise_batch_norms
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-CUB_DEMO = osp.join(REPO_ROOT, 'configs', 'demo', 'epsd_cam_cub_demo.py')
 CIFAR_DEMO = osp.join(REPO_ROOT, 'configs', 'demo',
                       'epsd_resnet_cifar_demo.py')
 
@@ -315,32 +314,15 @@ def _train_and_export(cfg: Config,
 
 
 @pytest.fixture(scope='module')
-def cam_run(tmp_path_factory) -> SimpleNamespace:
-    """The CUB CAM demo (EPSD + CS-KD) at test size: 3 classes of 4 images
-    of 64 px (3 test images, 3 held out for the CAM threshold), a width-8
-    ResNet-18, one epoch at 90% sparsity, exported at the 64x64 of its test
-    Resize."""
+def cam_run(tmp_path_factory, helpers) -> SimpleNamespace:
+    """The CUB CAM demo (EPSD + CS-KD) at test size
+    (``helpers.make_tiny_cam_cfg``): 3 classes of 4 images of 64 px (3 test
+    images, 3 held out for the CAM threshold), one epoch at 90% sparsity,
+    exported at the 64x64 of its test Resize."""
     tmp = tmp_path_factory.mktemp('onnx_cam')
     data_root = str(tmp / 'cub')
     write_cub_demo(data_root, num_classes=3, images_per_class=4, image_size=64)
-    cfg = Config.fromfile(CUB_DEMO)
-    cfg.work_dir = str(tmp / 'work')
-    cfg.model.backbone.base_channels = 8
-    cfg.model.head.update(num_classes=3, in_channels=64)
-    train_pipeline = cfg.train_dataloader.dataset.pipeline
-    train_pipeline[1].scale = (72, 72)
-    train_pipeline[2].crop_size = (64, 64)
-    cfg.test_dataloader.dataset.pipeline[1].scale = (64, 64)
-    for loader in (cfg.train_dataloader, cfg.val_dataloader,
-                   cfg.test_dataloader):
-        loader.update(batch_size=4, num_workers=0)
-        loader.dataset.data_root = data_root
-        loader.dataset.heldout_per_class = 1  # of 3 training images
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)
-    cfg.param_scheduler[0].T_max = 1
-    cfg.default_hooks.pruning.num_batches = 2
-    cfg.default_hooks.checkpoint.interval = 1
-    cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
+    cfg = helpers.make_tiny_cam_cfg(data_root, str(tmp / 'work'))
     return _train_and_export(cfg, tmp, 'epoch_1.pth')
 
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from mmdet.structures import DetDataSample
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import Runner
 
@@ -21,8 +20,6 @@ import epsd_mm.datasets.samplers  # noqa: F401,E402,I001
 import epsd_mm.models.cam_head  # noqa: F401,E402
 import epsd_mm.visualization  # noqa: F401,E402
 
-DEMO_CONFIG = osp.join(
-    osp.dirname(__file__), '../../configs/demo/epsd_cam_cub_demo.py')
 META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
              'flip', 'flip_direction', 'gt_label')
 NUM_CLASSES = 3
@@ -157,39 +154,21 @@ SD_LOSS_KEYS = dict(
     cskd={'loss_cls', 'loss_cskd'})
 
 
-def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
-    """The demo config shrunk to a 64 px, width-8 net and one epoch.
+def tiny_demo_cfg(helpers, data_root, work_dir, sd_method, pruning):
+    """The demo config at test size (``helpers.make_tiny_cam_cfg``).
 
     Args:
         sd_method (str): Key of ``SD_METHODS``.
         pruning (bool): Keep the config's ``EarlyPruningHook`` (EPSD) or
             drop it (dense training).
     """
-    cfg = Config.fromfile(DEMO_CONFIG)
-    cfg.work_dir = str(work_dir)
-    cfg.model.backbone.base_channels = 8
-    cfg.model.head.update(num_classes=NUM_CLASSES, in_channels=64)
+    cfg = helpers.make_tiny_cam_cfg(data_root, work_dir, NUM_CLASSES)
     cfg.model.sd = SD_METHODS[sd_method]
-    train_pipeline = cfg.train_dataloader.dataset.pipeline
-    train_pipeline[1].scale = (72, 72)
-    train_pipeline[2].crop_size = (64, 64)
-    cfg.test_dataloader.dataset.pipeline[1].scale = (64, 64)
-    for loader in (cfg.train_dataloader, cfg.val_dataloader,
-                   cfg.test_dataloader):
-        loader.update(batch_size=4, num_workers=0)
-        loader.dataset.data_root = data_root
-        loader.dataset.heldout_per_class = 1  # of 3 training images
     if sd_method != 'cskd':
         cfg.train_dataloader.sampler = dict(
             type='DefaultSampler', shuffle=True)
-    cfg.train_cfg.update(max_epochs=1, val_interval=1)
-    cfg.param_scheduler[0].T_max = 1
-    if pruning:
-        cfg.default_hooks.pruning.num_batches = 2
-    else:
+    if not pruning:
         cfg.default_hooks.pop('pruning')
-    cfg.default_hooks.checkpoint.interval = 1
-    cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
     return cfg
 
 
@@ -198,8 +177,8 @@ def tiny_demo_cfg(data_root, work_dir, sd_method, pruning):
                                                ('dlb', False),
                                                ('pskd', False),
                                                ('cskd', True)])
-def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
-    cfg = tiny_demo_cfg(data_root, tmp_path, sd_method, pruning)
+def test_train_with_runner(data_root, tmp_path, sd_method, pruning, helpers):
+    cfg = tiny_demo_cfg(helpers, data_root, tmp_path, sd_method, pruning)
     runner = Runner.from_cfg(cfg)
     runner.train()
     logged = {
@@ -229,9 +208,10 @@ def test_train_with_runner(data_root, tmp_path, sd_method, pruning):
 
 
 @pytest.mark.e2e
-def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path):
+def test_test_tool_prints_wsol_metrics_and_sparsity(data_root, tmp_path,
+                                                    helpers):
     """tools/test.py on a pruned demo checkpoint: WSOL metrics + sparsity."""
-    cfg = tiny_demo_cfg(data_root, tmp_path / 'train', 'cskd', True)
+    cfg = tiny_demo_cfg(helpers, data_root, tmp_path / 'train', 'cskd', True)
     Runner.from_cfg(cfg).train()
     cfg_file = tmp_path / 'cub_tiny.py'
     cfg.dump(str(cfg_file))
