@@ -7,7 +7,6 @@ import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, Tuple
 
 import onnxruntime as ort
 import pytest
@@ -287,26 +286,19 @@ def test_image_classifier_predicts_as_pytorch(tmp_path):
 # --------------------------------------------------------------------------
 # The tool against tools/test.py: the CAM localiser and the classifier
 # --------------------------------------------------------------------------
-Shape = Optional[Tuple[int, int]]
 
 
-def _train_and_export(cfg: Config,
-                      tmp: Path,
-                      checkpoint: str,
-                      shape: Shape = None) -> SimpleNamespace:
+def _train_and_export(cfg: Config, tmp: Path,
+                      checkpoint: str) -> SimpleNamespace:
     """Train ``cfg`` (with its pruning hook) with a Runner, dump it and
-    export the pruned checkpoint with ONNX."""
+    export the pruned checkpoint with ONNX (at the size its test pipeline
+    gives, export's default)."""
     Runner.from_cfg(copy.deepcopy(cfg)).train()
     cfg_path = str(tmp / 'config.py')
     cfg.dump(cfg_path)
     out_dir = str(tmp / 'deploy')
     checkpoint = osp.join(cfg.work_dir, checkpoint)
-    export_pruned_checkpoint(cfg,
-                             checkpoint,
-                             out_dir,
-                             shape=shape,
-                             onnx=True,
-                             log=_quiet)
+    export_pruned_checkpoint(cfg, checkpoint, out_dir, onnx=True, log=_quiet)
     return SimpleNamespace(cfg_path=cfg_path,
                            checkpoint=checkpoint,
                            deploy_cfg=osp.join(out_dir, 'deploy_config.py'),
@@ -352,9 +344,8 @@ def test_tool_gives_the_wsol_metrics_of_test_py(cam_run, tmp_path, capsys,
 @pytest.fixture(scope='module')
 def cls_run(tmp_path_factory) -> SimpleNamespace:
     """The CIFAR classifier demo (EPSD + DLB, ProsPr at 90%) at test size:
-    one epoch of 3 iterations on 20 images, 10 test images of 32 px,
-    exported at 32x32 (its test pipeline has no fixed Resize to infer the
-    size from)."""
+    one epoch of 3 iterations on 20 images, 10 test images of 32 px (no
+    Resize in its test pipeline: export takes 32x32 from the test data)."""
     tmp = tmp_path_factory.mktemp('onnx_cls')
     data_root = write_cifar_demo(str(tmp / 'cifar'), num_train=20, num_test=10)
     cfg = Config.fromfile(CIFAR_DEMO)
@@ -374,7 +365,7 @@ def cls_run(tmp_path_factory) -> SimpleNamespace:
     })
     cfg.env_cfg.torch_num_threads = 1  # see conftest.make_tiny_cfg
     cfg.test_dataloader = cfg.val_dataloader
-    return _train_and_export(cfg, tmp, 'epoch_1.pth', shape=(32, 32))
+    return _train_and_export(cfg, tmp, 'epoch_1.pth')
 
 
 @pytest.mark.e2e
