@@ -131,7 +131,11 @@ class ChannelGraph:
     A group whose channels reach an output of the traced forward (e.g. the
     class channels of a classifier's or a decode head's last layer: no layer
     consumes them) or an unwrapped ``nn.Parameter`` (e.g. a ViT's position
-    embedding) is left out; :attr:`output_groups` names the former.
+    embedding) is left out; :attr:`output_groups` names the former. So is a
+    group that reaches an ``nn.MultiheadAttention`` (its embedding width
+    must stay a multiple of its heads; :attr:`attention_groups` names them):
+    in a transformer the MLP hidden channels are cut, the residual stream
+    the attention reads is kept whole.
 
     Tracing runs one forward of ``forward_fn(model, example_inputs)`` (or
     ``model(example_inputs)``) with autograd on; it must reach every
@@ -165,6 +169,8 @@ class ChannelGraph:
         output_groups (list[str]): Root modules inside the scopes whose
             output channels are outputs of the traced forward (e.g. class
             channels), never cut.
+        attention_groups (list[str]): Root modules inside the scopes whose
+            output channels reach an ``nn.MultiheadAttention``, never cut.
     """
 
     def __init__(self,
@@ -193,8 +199,14 @@ class ChannelGraph:
         order = {name: i for i, name in enumerate(names.values())}
         found: List[Tuple[ChannelGroup, Any]] = []
         self.output_groups: List[str] = []
+        self.attention_groups: List[str] = []
         for tp_group in self.graph.get_all_groups(
                 ignored_layers=outside, root_module_types=ROOT_TYPES):
+            if any(isinstance(item.dep.target.module, nn.MultiheadAttention)
+                   for item in tp_group):
+                self.attention_groups.append(
+                    names[tp_group[0].dep.target.module])
+                continue
             group = self._describe(tp_group, names)
             if group is None:
                 continue
@@ -204,6 +216,7 @@ class ChannelGraph:
             else:
                 found.append((group, tp_group))
         self.output_groups.sort(key=order.__getitem__)
+        self.attention_groups.sort(key=order.__getitem__)
         if not found:
             raise ValueError(
                 f'no output channel of {type(model).__name__} can be cut '
@@ -221,11 +234,20 @@ class ChannelGraph:
         return any(scope_matches(module_name, s) for s in self.scopes)
 
     def _check_traced(self, names: Dict[nn.Module, str]) -> None:
+        # nn.MultiheadAttention runs its out_proj functionally, never as a
+        # module call: traced when the attention is
+        inside_attention = {
+            attention.out_proj
+            for attention in names if isinstance(
+                attention, nn.MultiheadAttention)
+            and attention in self.graph.module2node
+        }
         missed = [
             name for module, name in names.items()
             if isinstance(module, CHANNEL_TYPES) and any(
                 True for _ in module.parameters(recurse=False))
             and module not in self.graph.module2node
+            and module not in inside_attention
         ]
         if missed:
             shown = ', '.join(missed[:8]) + (' ...' if len(missed) > 8 else '')

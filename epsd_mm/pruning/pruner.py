@@ -567,6 +567,10 @@ class ChannelPruner(Pruner):
     def _apply(self, model: nn.Module, units: ChannelGraph,
                keep: Dict[str, Tensor]) -> str:
         table = format_slim_table(slim_channels(units, keep))
+        if units.attention_groups:
+            table = ('output channels kept whole (they reach an attention, '
+                     'whose width must stay a multiple of its heads): '
+                     f'{", ".join(units.attention_groups)}\n' + table)
         if units.output_groups:
             table = ('output channels kept whole (no layer reads them, e.g. '
                      f'class channels): {", ".join(units.output_groups)}\n' +

@@ -77,3 +77,32 @@ def test_slim_model_errors(slim_checkpoint):
             MODELS.build(slim_model_cfg(wider, spec))
         with pytest.raises(ValueError, match='not a slim spec'):
             MODELS.build(slim_model_cfg(model_cfg, dict(layers={})))
+
+
+def test_segformer_whole_model_slims_and_rebuilds(helpers):
+    """SegFormer (MiT backbone, MLP head), backbone and decode head in
+    scope: the MLP hidden and head channels are cut, the streams its
+    attentions read are kept whole (named in ``attention_groups``), the
+    class channels are kept, and the spec rebuilds the same network."""
+    cfg = Config.fromfile(
+        helpers.demo_config.replace('epsd_deeplab', 'epsd_segformer'))
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('epsd_mm'):
+        model = MODELS.build(copy.deepcopy(cfg.model)).eval()
+    graph = ChannelGraph(model, torch.randn(1, 3, 64, 64), trace_forward,
+                         scopes=('backbone', 'decode_head'))
+    assert graph.attention_groups  # the residual streams of the MiT stages
+    assert all(not name.endswith('out_proj') for name in graph.groups)
+    scores = compute_channel_scores(
+        graph, criterion='random', generator=torch.Generator().manual_seed(0))
+    spec = slim_channels(graph, select_channels(scores, 0.3))
+    channels = layer_channels(model)
+    assert channels['decode_head.conv_seg'][1] == 21
+    assert channels['decode_head.fusion_conv.conv'][1] < 64
+    assert any(name.startswith('backbone.') for name in spec['layers'])
+    inputs = torch.randn(1, 3, 64, 64)
+    rebuilt = build_slim_model(cfg.model.type, spec, **{
+        k: v for k, v in copy.deepcopy(cfg.model).items() if k != 'type'})
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(inputs), model(inputs))

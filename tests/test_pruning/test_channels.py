@@ -121,3 +121,38 @@ def test_class_channels_of_a_classifier_are_kept_whole():
     assert graph.output_groups == ['7']
     assert set(graph.groups) == {'0', '3'}
     assert not any('7' in g.modules for g in graph.groups.values())
+
+
+class _AttentionBlock(nn.Module):
+    """Embedding, multi-head attention, MLP: a transformer block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        e = self.embed(x)
+        a = e + self.attn(e, e, e, need_weights=False)[0]
+        return self.head(a + self.fc2(torch.relu(self.fc1(a))))
+
+
+def test_attention_streams_are_kept_whole_and_mlp_channels_cut():
+    """nn.MultiheadAttention runs its out_proj functionally (not an
+    untraced layer); the channels its embedding width is made of are kept
+    whole (the heads must divide it), the MLP hidden channels are cut."""
+    from epsd_mm.pruning import select_channels, slim_channels
+    model = _AttentionBlock()
+    tokens = torch.randn(2, 5, 8)
+    graph = ChannelGraph(model, tokens, scopes='*')
+    # the residual stream (embed, the attention, fc2) is one group
+    assert graph.attention_groups in (['embed'], ['fc2'])
+    assert graph.output_groups == ['head']
+    assert set(graph.groups) == {'fc1'}
+    slim_channels(graph, select_channels(
+        {'fc1': torch.arange(32.)}, 0.5))
+    assert model.fc1.out_features == model.fc2.in_features == 16
+    assert model(tokens).shape == (2, 5, 3)
