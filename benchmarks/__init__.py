@@ -5,12 +5,13 @@ A section module defines ``SECTION`` (its name on the command line),
 lines)`` per table, and optionally ``add_arguments(parser)`` for its own
 options. Register it in :data:`SECTIONS`.
 """
-from . import (deliverables, export, memory, quality, scoring, step,
-               structured, structured_quality, sweep)
+from . import (deliverables, deliverables_quality, export, memory, quality,
+               scoring, step, structured, structured_quality, sweep)
 
 #: Section name -> module, in the order ``--sections all`` runs them.
 SECTIONS = {
     module.SECTION: module
     for module in (scoring, memory, step, quality, export, structured,
-                   structured_quality, sweep, deliverables)
+                   structured_quality, sweep, deliverables,
+                   deliverables_quality)
 }

@@ -22,6 +22,10 @@ the package and the user tools):
     deliverables        what export ships (dense, backbone-only and
                         whole-model slim; fp32 and int8 ONNX): size, FLOPs,
                         onnxruntime latency at 1 and --threads threads
+    deliverables_quality
+                        demo mIoU of the shipped ONNX files (fp32, int8)
+                        of dense, backbone-only and whole-model structured
+                        EPSD over seeds, through tools/deploy/test_onnx.py
 
 Only the sections asked for are rewritten; the report keeps the others.
 
@@ -59,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--jobs',
         type=int,
         default=1,
-        help='training runs (quality, structured_quality, sweep) at the '
+        help='training runs (quality, structured_quality, sweep, '
+        'deliverables_quality) at the '
         'same time; --threads is split among them')
     parser.add_argument('--out', default=osp.join(ROOT, 'docs/benchmarks.md'))
     for module in SECTIONS.values():

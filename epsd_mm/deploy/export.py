@@ -243,7 +243,9 @@ def export_pruned_checkpoint(
             checks and ONNX. Defaults to None: with ``onnx``, the size the
             test pipeline gives (:func:`onnx_input_shape`), else the
             config's (:func:`~epsd_mm.deploy.config.input_shape_from_cfg`).
-        onnx (bool): Also write and check ``model.onnx``. Defaults to False.
+        onnx (bool): Also write and check ``model.onnx``; then a dense
+            checkpoint (no masks, no slim spec) is exported too. Defaults
+            to False.
         force (bool): Overwrite files in ``out_dir``. Defaults to False.
         atol (float): Largest accepted difference between the masked and
             the folded model's outputs. Defaults to 1e-5.
@@ -273,10 +275,17 @@ def export_pruned_checkpoint(
     ckpt = load_checkpoint_dict(checkpoint)
     slim_spec = PruningRecord.from_checkpoint(ckpt).slim_spec
     try:
+        # A dense checkpoint is worth shipping as ONNX (the baseline of the
+        # pruned one, or int8 alone), not as folded / sparse copies of itself.
         folded_all, masks = fold_masks(
-            ckpt['state_dict'], require_masks=slim_spec is None)
+            ckpt['state_dict'], require_masks=slim_spec is None and not onnx)
     except ValueError as error:
-        raise ValueError(f'{checkpoint}: {error}') from None
+        raise ValueError(
+            f'{checkpoint}: {error} To export a dense model as ONNX (e.g. as '
+            'the baseline of a pruned one), add --onnx.') from None
+    if not masks and slim_spec is None:
+        log(f'{checkpoint} is dense (no masks, no slim spec): exported as '
+            'trained; the folded and sparse files hold it unchanged')
     masked = build_masked_model(cfg, ckpt['state_dict'], checkpoint,
                                 slim_spec)
 
