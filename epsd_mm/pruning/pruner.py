@@ -25,7 +25,7 @@ from typing import (Any, Callable, ClassVar, Dict, Iterable, List, Mapping,
 import torch
 from torch import Tensor, nn
 
-from .channel_selection import select_channels
+from .channel_selection import check_round_to, select_channels
 from .channels import ChannelGraph
 from .criteria import build_criterion, check_scores_channels
 from .criteria.base import Criterion, ScoringInputs
@@ -73,6 +73,8 @@ class PruningReport:
             0 everywhere (their masks follow tie order, not merit).
         tied_kept (int): Kept weights that tie order chose over pruned ones
             of equal score (see :func:`~epsd_mm.pruning.selection.tied_kept`).
+        round_to (int): The channel multiple each group was rounded to
+            (1: none).
         replaced_parameters (bool): Whether parameters were replaced
             (optimizers and DDP wrappers must be re-bound).
         cached (bool): Whether the scores came from a score cache.
@@ -90,6 +92,7 @@ class PruningReport:
     table: str
     zero_score_layers: List[str] = field(default_factory=list)
     tied_kept: int = 0
+    round_to: int = 1
     replaced_parameters: bool = False
     cached: bool = False
 
@@ -127,6 +130,13 @@ class PruningReport:
                 'Layer-wise quotas and min_density floors fill up with '
                 "them: prefer selection='global' and min_density=0 for "
                 'this criterion, or a criterion that ranks every weight.')
+        if self.round_to > 1 and abs(self.sparsity - self.target) > 0.005:
+            messages.append(
+                f'channel sparsity {self.sparsity:.4f}, not the target '
+                f'{self.target:.4f}: round_to={self.round_to} keeps whole '
+                f'blocks of {self.round_to} channels per group. '
+                "selection='global' places the budget to within a block; a "
+                'smaller round_to or another sparsity comes closer.')
         return messages
 
 
@@ -149,6 +159,9 @@ class Pruner:
             one). Defaults to 1.
         num_batches (int): Batches scored on per round, for data criteria.
             Defaults to 4.
+        round_to (int): Channel pruning only: every channel group keeps a
+            multiple of this many channels (see
+            :func:`~epsd_mm.pruning.select_channels`). Defaults to 1.
     """
 
     granularity: ClassVar[str] = ''
@@ -166,8 +179,10 @@ class Pruner:
                  selection: str = 'global',
                  min_density: float = 0.0,
                  rounds: int = 1,
-                 num_batches: int = 4) -> None:
+                 num_batches: int = 4,
+                 round_to: int = 1) -> None:
         check_selection(sparsity, selection, min_density)
+        self.round_to = check_round_to(round_to)
         if isinstance(rounds, bool) or not isinstance(rounds,
                                                       int) or rounds < 1:
             raise ValueError(
@@ -229,7 +244,8 @@ class Pruner:
             scopes=list(self.scopes),
             selection=self.selection,
             min_density=self.min_density,
-            rounds=self.rounds)
+            rounds=self.rounds,
+            round_to=self.round_to)
 
     def check_model(self, model: nn.Module) -> None:
         """Check, before any data is drawn, that ``model`` can be pruned as
@@ -376,6 +392,7 @@ class Pruner:
             table=table,
             zero_score_layers=[n for n, s in scores.items() if not s.any()],
             tied_kept=tied,
+            round_to=self.round_to,
             replaced_parameters=self.replaces_parameters,
             cached=cached)
 
@@ -433,6 +450,15 @@ class WeightPruner(Pruner):
     """
 
     granularity = 'weight'
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.round_to != 1:
+            raise ValueError(
+                f'round_to={self.round_to} rounds the channels each group '
+                "keeps; granularity='weight' masks single weights, so it "
+                "cannot take effect. Set granularity='channel' or drop "
+                'round_to.')
 
     def check_model(self, model: nn.Module) -> None:
         params = prunable_parameters(model, self.scopes)
@@ -562,7 +588,8 @@ class ChannelPruner(Pruner):
             self._graph_sparsity(model, units, target),
             selection=self.selection,
             normalize=self.criterion.channel_normalization,
-            min_density=self.min_density)
+            min_density=self.min_density,
+            round_to=self.round_to)
 
     def _apply(self, model: nn.Module, units: ChannelGraph,
                keep: Dict[str, Tensor]) -> str:

@@ -84,10 +84,26 @@ def test_sparse_decodes_to_folded(exported):
 def test_refuses_a_checkpoint_without_masks(exported, pruned, tmp_path):
     out_dir, _ = exported
     out = str(tmp_path / 'out')
-    with pytest.raises(ValueError, match='no masks'):
+    with pytest.raises(ValueError, match='no masks.*To export a dense model '
+                       'as ONNX .* add --onnx'):
         export_pruned_checkpoint(
             pruned.cfg, osp.join(out_dir, 'folded.pth'), out, log=_quiet)
     assert not osp.exists(out)
+
+
+def test_a_dense_checkpoint_exports_as_onnx(exported, pruned, tmp_path):
+    out_dir, _ = exported
+    logged = []
+    result = export_pruned_checkpoint(
+        pruned.cfg,
+        osp.join(out_dir, 'folded.pth'),
+        str(tmp_path / 'out'),
+        shape=(64, 64),
+        onnx=True,
+        log=logged.append)
+    assert any('is dense (no masks, no slim spec)' in m for m in logged)
+    assert result.meta['sparsity'] == 0.0 and result.onnx_diff <= 1e-4
+    assert osp.isfile(tmp_path / 'out' / 'model.onnx')
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'foreign'])

@@ -390,12 +390,16 @@ def test_val_and_test_metrics_include_sparsity(pruned_run):
      r'evenly over the 4 loss evaluations of num_steps=3'),
     (dict(num_batches=5, criterion_cfg=dict(num_steps=1),
           granularity='channel'), r'\(1 surplus\).*e\.g\. 4 or 6'),
+    (dict(round_to=16), r"EarlyPruningHook: round_to=16 .*granularity="
+     r"'channel' or drop round_to"),
+    (dict(round_to=0, granularity='channel'), 'round_to must be a positive'),
 ],
                          ids=['sparsity1', 'negative', 'criterion',
                               'criterion_cfg', 'selection', 'min_density',
                               'rounds', 'scopes', 'loss', 'data_free_loss',
                               'num_batches0',
-                              'prospr_groups', 'channel_prospr_groups'])
+                              'prospr_groups', 'channel_prospr_groups',
+                              'round_to_weights', 'round_to0'])
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HOOKS.build(dict(type='epsd_mm.EarlyPruningHook', **kwargs))

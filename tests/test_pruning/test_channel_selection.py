@@ -80,7 +80,43 @@ def test_emptied_group_raises_with_fix():
         select_channels({'a': torch.ones(1)}, 0.6, selection='layerwise')
 
 
+@pytest.mark.parametrize('selection', ['global', 'layerwise'])
+@pytest.mark.parametrize('sparsity', [0.3, 0.5, 0.7])
+def test_round_to_keeps_multiples_of_each_groups_best(selection, sparsity):
+    gen = torch.Generator().manual_seed(1)
+    s = {
+        name: torch.rand(size, generator=gen)
+        for name, size in (('a', 64), ('b', 128), ('c', 16), ('odd', 40))
+    }
+    keep = select_channels(
+        s, sparsity, selection, min_density=0.05, round_to=16)
+    for name, k in keep.items():
+        kept = int(k.sum())
+        assert kept % 16 == 0 or kept == k.numel(), (name, kept)
+        if kept < k.numel():  # a prefix of the group's ranking
+            assert s[name][k].min() >= s[name][~k].max()
+    # 248 channels in 17 blocks (one of 8): off by less than one block each
+    assert abs(channel_sparsity(keep) - sparsity) < 4 * 16 / 248
+    assert select_channels(s, sparsity, selection, min_density=0.05,
+                           round_to=1).keys() == keep.keys()
+
+
+def test_round_to_selects_blocks_by_their_mean():
+    # channel by channel the best 4 are 1.0, 0.6, 0.6, 0.55; in blocks of 2
+    # 'a' offers (1.0, 0.3) with mean 0.65, which beats 'b's (0.55, 0.55)
+    s = {'a': torch.tensor([1.0, 0.0, 0.0, 0.0, 0.3, 0.3]),
+         'b': torch.tensor([0.6, 0.6, 0.55, 0.55])}
+    keep = select_channels(s, 0.6, round_to=2)
+    assert keep['a'].tolist() == [True, False, False, False, True, False]
+    assert keep['b'].tolist() == [True, True, False, False]
+    with pytest.raises(ValueError, match='2-channel block'):
+        select_channels(s, 0.75, round_to=2, min_density=0.5)
+
+
 @pytest.mark.parametrize('kwargs, match', [
+    (dict(sparsity=0.5, round_to=0), 'round_to must be a positive integer'),
+    (dict(sparsity=0.5, round_to=1.5), 'round_to must be a positive integer'),
+    (dict(sparsity=0.5, round_to=True), 'round_to must be a positive'),
     (dict(sparsity=1.0), r'sparsity must be in \[0, 1\)'),
     (dict(sparsity=0.5, selection='per_group'), 'selection'),
     (dict(sparsity=0.5, normalize='max'), 'normalize'),

@@ -131,6 +131,11 @@ def test_arguments_are_checked_when_built():
     with pytest.raises(ValueError, match='num_batches=0'):
         WeightPruner(criterion='snip', num_batches=0)
     assert WeightPruner(criterion='magnitude', num_batches=0).num_batches == 0
+    with pytest.raises(ValueError, match="round_to=16 rounds the channels "
+                       ".*granularity='channel' or drop round_to"):
+        WeightPruner(round_to=16)
+    with pytest.raises(ValueError, match='round_to must be a positive'):
+        ChannelPruner(round_to=0)
 
 
 def test_floors_beyond_the_budget_are_refused_before_scoring():
@@ -301,6 +306,21 @@ def test_channel_collapse_suggests_a_floor_that_fits_and_not_what_is_set():
     fixed.prune(model, None, _batches(1))
     assert layer_channels(model)['0'][1] == 1
     assert layer_channels(model)['2'][1] == 2
+
+
+def test_round_to_slims_to_multiples_and_says_when_off_target():
+    model = _net()
+    report = ChannelPruner(sparsity=0.3, criterion='magnitude',
+                           selection='layerwise', round_to=4,
+                           scopes=('0', '2')).prune(model, None, _batches(1))
+    assert layer_channels(model)['0'][1] == 4  # 2 blocks: round(1.4) = 1
+    assert layer_channels(model)['2'][1] == 4
+    assert report.sparsity == 0.5 and report.round_to == 4
+    assert any('not the target 0.3000: round_to=4' in w
+               for w in report.warnings())
+    on_target = ChannelPruner(sparsity=0.5, criterion='magnitude',
+                              round_to=4, scopes=('0', '2'))
+    assert not on_target.prune(_net(), None, _batches(1)).warnings()
 
 
 def test_channel_sparsity_leaving_a_group_empty_is_refused():

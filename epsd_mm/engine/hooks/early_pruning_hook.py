@@ -56,6 +56,11 @@ class EarlyPruningHook(PruningCheckpointHook):
             runs them back to back before training. Defaults to 0.
         granularity (str): ``'weight'`` or ``'channel'``. Defaults to
             ``'weight'``.
+        round_to (int): With ``granularity='channel'``, every channel group
+            keeps a multiple of this many channels, so that inference
+            engines that compute channels in blocks run the slim network at
+            the speed its FLOPs promise (16 for onnxruntime on AVX-512 CPUs,
+            8 on AVX2). Defaults to 1 (no rounding).
         keep_scores (bool): Keep scores that selection refuses for the
             rerun. Defaults to True.
     """
@@ -72,6 +77,7 @@ class EarlyPruningHook(PruningCheckpointHook):
                  rounds: int = 1,
                  iters_between_rounds: int = 0,
                  granularity: str = 'weight',
+                 round_to: int = 1,
                  keep_scores: bool = True) -> None:
         super().__init__()
         try:
@@ -83,7 +89,8 @@ class EarlyPruningHook(PruningCheckpointHook):
                 selection=selection,
                 min_density=min_density,
                 rounds=rounds,
-                num_batches=num_batches)
+                num_batches=num_batches,
+                round_to=round_to)
             self.pruner.check_round_interval(iters_between_rounds)
             self.loss = scoring_loss_of(self.pruner.criterion, loss)
         except (ValueError, TypeError) as error:
