@@ -230,18 +230,19 @@ def _traced_groups(rel_path: str) -> ChannelGraph:
 WHOLE_MODEL = ('backbone', 'decode_head', 'auxiliary_head')
 
 
-@pytest.mark.parametrize('rel_path, twin', [
+@pytest.mark.parametrize('rel_path, twin, round_to', [
     ('configs/deeplab_voc/epsd_channel_full.py',
-     'configs/deeplab_voc/epsd_channel.py'),
+     'configs/deeplab_voc/epsd_channel.py', 16),
     ('configs/demo/epsd_channel_full_deeplab_voc_demo.py',
-     'configs/demo/epsd_channel_deeplab_voc_demo.py'),
+     'configs/demo/epsd_channel_deeplab_voc_demo.py', 1),
 ])
-def test_whole_model_channel_configs(rel_path, twin):
+def test_whole_model_channel_configs(rel_path, twin, round_to):
     """The whole-model variants differ from their backbone-only twin in the
-    scopes alone; on the demo model the heads are cut too, their class
-    channels never."""
+    scopes (and, for R50-D8, the channel multiple) alone; on the demo model
+    the heads are cut too, their class channels never."""
     cfg, base = _load(rel_path), _load(twin)
     assert cfg.default_hooks.pruning.pop('scopes') == WHOLE_MODEL
+    assert cfg.default_hooks.pruning.pop('round_to', 1) == round_to
     assert cfg.to_dict() == base.to_dict()
     if 'demo' not in rel_path:
         return
