@@ -30,7 +30,6 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 from epsd_mm.pruning import PruningRecord, to_plain
@@ -40,8 +39,9 @@ from .checkpoint import (build_masked_model, build_model,
 from .config import deploy_config, input_shape_from_cfg
 from .fold import fold_masks
 from .onnx_export import TensorModeModel, export_onnx, onnx_max_abs_diff
-from .quantize import (QuantizeReport, calibration_batches,
-                       calibration_dataloader_cfg, quantize_int8)
+from .quantize import (QuantizeReport, build_eval_dataloader,
+                       calibration_batches, calibration_dataloader_cfg,
+                       quantize_int8)
 from .sparse import (SparseSummary, identical_state_dicts,
                      load_sparse_checkpoint, save_sparse_checkpoint)
 
@@ -188,16 +188,12 @@ def onnx_input_shape(cfg: Config,
     Returns:
         tuple[int, int]: Height and width.
     """
-    from mmengine.runner import Runner
     try:
-        with DefaultScope.overwrite_default_scope(
-                cfg.get('default_scope', 'mmengine')):
-            loader = Runner.build_dataloader(
-                calibration_dataloader_cfg(cfg, 'test'), seed=0)
-            sizes = sorted({
-                tuple(model.data_preprocessor(data, False)['inputs'].shape[-2:])
-                for data in itertools.islice(loader, SHAPE_PROBE)
-            })
+        loader = build_eval_dataloader(cfg, 'test')
+        sizes = sorted({
+            tuple(model.data_preprocessor(data, False)['inputs'].shape[-2:])
+            for data in itertools.islice(loader, SHAPE_PROBE)
+        })
         if len(sizes) == 1:
             height, width = sizes[0]
             log(f'ONNX input size {height}x{width}: what `test_dataloader` '

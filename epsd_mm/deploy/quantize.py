@@ -121,6 +121,25 @@ def calibration_dataloader_cfg(cfg: Config, split: str = 'val') -> dict:
     return loader
 
 
+def build_eval_dataloader(cfg: Config, split: str = 'val'):
+    """``cfg.<split>_dataloader`` loading one image at a time in the main
+    process (:func:`calibration_dataloader_cfg`), built by
+    ``Runner.build_dataloader`` in the config's default scope.
+
+    Args:
+        cfg (Config): The training (or deploy) config.
+        split (str): ``'val'`` or ``'test'``. Defaults to ``'val'``.
+
+    Returns:
+        DataLoader: The dataloader (sampler seeded with 0).
+    """
+    from mmengine.runner import Runner
+    loader_cfg = calibration_dataloader_cfg(cfg, split)
+    with DefaultScope.overwrite_default_scope(
+            cfg.get('default_scope', 'mmengine')):
+        return Runner.build_dataloader(loader_cfg, seed=0)
+
+
 def _pipeline_error(dataset, index: int, key: str,
                     error: Exception) -> CalibrationError:
     """Find the transform of ``dataset``'s pipeline that fails on sample
@@ -199,40 +218,36 @@ def calibration_batches(cfg: Config,
         list[np.ndarray]: ``num`` (or, from a smaller dataset, all) float32
         arrays of shape ``(1, 3, H, W)``.
     """
-    from mmengine.runner import Runner
     if num < 1:
         raise ValueError(f'calibration needs at least one image, got '
                          f'calib_num={num}; pass --calib-num 1 or more '
                          '(default 32)')
     key = f'{split}_dataloader'
-    loader_cfg = calibration_dataloader_cfg(cfg, split)
-    with DefaultScope.overwrite_default_scope(
-            cfg.get('default_scope', 'mmengine')):
+    root = calibration_dataloader_cfg(cfg, split)['dataset'].get('data_root')
+    try:
+        dataloader = build_eval_dataloader(cfg, split)
+    except Exception as error:  # mmseg's datasets assert their paths
+        raise CalibrationError(
+            f'int8 calibration: the dataset of `{key}` could not be '
+            f'built ({type(error).__name__}: {error}); check '
+            f'`{key}.dataset` (data_root={root!r}) and its files, or '
+            'calibrate on the other split (--calib-split)') from error
+    dataset = dataloader.dataset
+    indices = list(itertools.islice(iter(dataloader.sampler), num))
+    if len(indices) < num:
+        log(f'int8 calibration: `{key}` holds {len(indices)} images, '
+            f'fewer than the {num} asked for; using all of them')
+    batches = []
+    for index in indices:
         try:
-            dataloader = Runner.build_dataloader(loader_cfg, seed=0)
-        except Exception as error:  # mmseg's datasets assert their paths
-            root = loader_cfg['dataset'].get('data_root')
-            raise CalibrationError(
-                f'int8 calibration: the dataset of `{key}` could not be '
-                f'built ({type(error).__name__}: {error}); check '
-                f'`{key}.dataset` (data_root={root!r}) and its files, or '
-                'calibrate on the other split (--calib-split)') from error
-        dataset = dataloader.dataset
-        indices = list(itertools.islice(iter(dataloader.sampler), num))
-        if len(indices) < num:
-            log(f'int8 calibration: `{key}` holds {len(indices)} images, '
-                f'fewer than the {num} asked for; using all of them')
-        batches = []
-        for index in indices:
-            try:
-                sample = dataset[index]
-            except Exception as error:
-                raise _pipeline_error(dataset, index, key, error) from error
-            data = dataloader.collate_fn([sample])
-            inputs = model.data_preprocessor(data, False)['inputs']
-            if shape is not None:
-                inputs = _resize(inputs.float(), shape)
-            batches.append(inputs.cpu().numpy().astype(np.float32))
+            sample = dataset[index]
+        except Exception as error:
+            raise _pipeline_error(dataset, index, key, error) from error
+        data = dataloader.collate_fn([sample])
+        inputs = model.data_preprocessor(data, False)['inputs']
+        if shape is not None:
+            inputs = _resize(inputs.float(), shape)
+        batches.append(inputs.cpu().numpy().astype(np.float32))
     if not batches:
         raise ValueError(f'int8 calibration: `{key}` has no images; pass '
                          '--calib-split or fill the dataset')
