@@ -146,6 +146,26 @@ class Outcome:
     cached: bool = False
 
 
+def run_tool(args: Sequence[str], log_file: str, threads: int) -> int:
+    """Run ``python ARGS`` from the repository root in a fresh process
+    with ``threads`` OpenMP/MKL threads, its output in ``log_file``.
+
+    Returns:
+        int: The exit code.
+    """
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    with open(log_file, 'w') as log:
+        return subprocess.run([sys.executable, *args],
+                              cwd=ROOT,
+                              env=env,
+                              stdout=log,
+                              stderr=subprocess.STDOUT).returncode
+
+
 def train_cached(cfg: Config, seed: int, work_dir: str,
                  threads: int) -> Outcome:
     """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
@@ -182,21 +202,8 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
     with open(cfg_file, 'w') as f:
         f.write(text)
     log_file = osp.join(work_dir, 'train.log')
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    with open(log_file, 'w') as log:
-        process = subprocess.run([
-            sys.executable,
-            osp.join(ROOT, 'tools/train.py'), cfg_file, '--work-dir', work_dir
-        ],
-                                 cwd=ROOT,
-                                 env=env,
-                                 stdout=log,
-                                 stderr=subprocess.STDOUT)
-    if process.returncode:
+    if run_tool(['tools/train.py', cfg_file, '--work-dir', work_dir],
+                log_file, threads):
         with open(log_file) as f:
             lines = f.readlines()
         collapse = [line for line in lines if COLLAPSE_MARKER in line]

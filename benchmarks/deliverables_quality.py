@@ -14,13 +14,11 @@ import json
 import os
 import os.path as osp
 import statistics
-import subprocess
-import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 
-from .common import ROOT, plan_runs, shorten_schedule, train_all
+from .common import ROOT, plan_runs, run_tool, shorten_schedule, train_all
 
 SECTION = 'deliverables_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -56,17 +54,7 @@ def family(sparsities: Sequence[float]) -> Dict[str, Callable]:
 
 
 def _tool(args: List[str], log_file: str, threads: int) -> None:
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(threads),
-        PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    with open(log_file, 'w') as log:
-        process = subprocess.run([sys.executable] + args,
-                                 cwd=ROOT,
-                                 env=env,
-                                 stdout=log,
-                                 stderr=subprocess.STDOUT)
-    if process.returncode:
+    if run_tool(args, log_file, threads):
         with open(log_file) as f:
             tail = f.readlines()[-20:]
         raise RuntimeError(f'{args[0]} failed ({log_file}):\n' +
