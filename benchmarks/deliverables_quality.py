@@ -31,7 +31,22 @@ INT8_GOAL = 1.0
 METRIC = 'mIoU'
 
 
-def family(sparsities: Sequence[float]) -> Dict[str, Callable]:
+#: Slim family -> channel-pruning scopes (None: the config's, backbone).
+FAMILIES = {'whole-model': WHOLE, 'backbone-only': None}
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group('deliverables_quality')
+    group.add_argument(
+        '--quality-families',
+        nargs='+',
+        choices=list(FAMILIES),
+        default=list(FAMILIES),
+        help='slim families trained and reported (with dense)')
+
+
+def family(sparsities: Sequence[float],
+           families: Sequence[str] = tuple(FAMILIES)) -> Dict[str, Callable]:
     """Deliverable name -> edit of the backbone-only channel demo config."""
 
     def dense(cfg) -> None:
@@ -47,8 +62,9 @@ def family(sparsities: Sequence[float]) -> Dict[str, Callable]:
         return edit
 
     edits = {'dense': dense}
-    for name, scopes in (('whole-model', WHOLE), ('backbone-only', None)):
+    for name in families:
         for sparsity in sparsities:
+            scopes = FAMILIES[name]
             edits[f'{name} slim {sparsity:.0%}'] = slim(sparsity, scopes)
     return edits
 
@@ -122,7 +138,7 @@ def bench_deliverables_quality(args) -> List[str]:
     seeds, sparsities = args.seeds, args.channel_sparsities
     base = Config.fromfile(osp.join(ROOT, CONFIG))
     shorten_schedule(base, args.quality_max_iters)
-    edits = family(sparsities)
+    edits = family(sparsities, args.quality_families)
     planned = plan_runs(base, edits, seeds, SECTION)
     outcomes = train_all(planned, args.jobs, args.threads, SECTION)
     per_run = max(1, args.threads // args.jobs)
