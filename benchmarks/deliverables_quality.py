@@ -157,12 +157,15 @@ def bench_deliverables_quality(args) -> List[str]:
     schedule = (f'{args.quality_max_iters} iterations'
                 if args.quality_max_iters is not None else
                 "the config's schedule")
+    whole = (f'in the whole model (scopes {WHOLE}, as '
+             '`configs/demo/epsd_channel_full_deeplab_voc_demo.py`)')
+    where = ' or '.join(
+        {'whole-model': whole, 'backbone-only': 'in the backbone only'}[f]
+        for f in args.quality_families)
     lines = [
         f'The demo DeepLabV3 of `{CONFIG}` ({schedule}), trained with '
         'structured EPSD (ProsPr on the SD loss, global selection, 5% floor '
-        'per channel group) at each channel sparsity, in the backbone only '
-        f'or in the whole model (scopes {WHOLE}, as '
-        '`configs/demo/epsd_channel_full_deeplab_voc_demo.py`); dense: '
+        f'per channel group) at each channel sparsity, {where}; dense: '
         f'the same config without pruning. Seeds {list(seeds)}; mean ± std '
         'over the seeds that trained. Each run\'s last checkpoint exported '
         'with `tools/deploy/export.py CONFIG CKPT --out-dir DIR --int8` '
