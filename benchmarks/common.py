@@ -1,5 +1,7 @@
 """What the benchmark sections share: demo models, timers, and training
-runs (cached, so an interrupted section resumes where it stopped)."""
+runs (cached, so an interrupted section resumes where it stopped, and
+recorded in a committed ledger, so a table is rebuilt or extended on any
+machine)."""
 import copy
 import json
 import multiprocessing
@@ -10,6 +12,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +28,9 @@ CUB_DEMO = 'configs/demo/epsd_cam_cub_demo.py'
 SEGFORMER_DEMO = 'configs/demo/epsd_segformer_voc_demo.py'
 CLS_DEMO = 'configs/demo/epsd_resnet_cifar_demo.py'
 WORK_ROOT = '/tmp/epsd_benchmark'
+#: Where ``tools/benchmark.py`` records the outcome of every training run
+#: (``<section>.jsonl``; committed with the tables made from it).
+RESULTS_DIR = osp.join(ROOT, 'benchmarks', 'results')
 
 
 def build_demo(config: str, batch_size: int, image_size: int):
@@ -166,10 +172,96 @@ def run_tool(args: Sequence[str], log_file: str, threads: int) -> int:
                               stderr=subprocess.STDOUT).returncode
 
 
-def train_cached(cfg: Config, seed: int, work_dir: str,
-                 threads: int) -> Outcome:
-    """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless
-    ``work_dir`` already holds the outcome of the same config.
+class Ledger:
+    """Outcomes of training runs, one JSON line per run, keyed by the sha1
+    of the run's whole config (which holds its seed and work dir).
+
+    The work dirs live in /tmp and go with the machine; the ledger is
+    committed beside the tables made from it, so the same command on
+    another machine rebuilds a table from it, or adds runs to it, instead of
+    training again. A record says which commit trained it: after changing
+    code a run depends on (not its config), delete the section's file to
+    train again.
+
+    Args:
+        path (str, optional): The JSON-lines file. None records nothing.
+    """
+
+    def __init__(self, path: Optional[str]) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> Dict[str, dict]:
+        if self.path is None or not osp.exists(self.path):
+            return {}
+        with open(self.path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        return {r['config_sha1']: r for r in records}
+
+    def get(self, digest: str) -> Optional[dict]:
+        """The record of the run whose config has sha1 ``digest``."""
+        with self._lock:
+            return self._read().get(digest)
+
+    def record(self, digest: str, **fields) -> None:
+        """Add ``fields`` to the run's record (creating it); the file is
+        rewritten whole, so an interrupted write leaves the old one."""
+        if self.path is None:
+            return
+        fields.pop('config_sha1', None)
+        with self._lock:
+            records = self._read()
+            records[digest] = dict(
+                records.get(digest, {}), config_sha1=digest, **fields)
+            os.makedirs(osp.dirname(osp.abspath(self.path)), exist_ok=True)
+            tmp = f'{self.path}.tmp'
+            with open(tmp, 'w') as f:
+                for record in records.values():
+                    f.write(json.dumps(record, sort_keys=True) + '\n')
+            os.replace(tmp, self.path)
+
+
+def section_ledger(args, section: str) -> Ledger:
+    """The ledger of a section under ``args.results_dir`` (none when the
+    option is empty)."""
+    results_dir = getattr(args, 'results_dir', '')
+    return Ledger(
+        osp.join(results_dir, f'{section}.jsonl') if results_dir else None)
+
+
+def git_commit() -> str:
+    """The repository's HEAD, with ``+dirty`` when the tree has changes."""
+    try:
+        head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
+                              cwd=ROOT,
+                              capture_output=True,
+                              text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '-uno'],
+                               cwd=ROOT,
+                               capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    return head + ('+dirty' if dirty else '')
+
+
+def run_config(cfg: Config, seed: int, work_dir: str) -> Tuple[Config, str]:
+    """The config a run trains (``cfg`` with its seed and work dir; ``cfg``
+    is not modified) and its sha1, the key of the run's outcome."""
+    cfg = copy.deepcopy(cfg)
+    cfg.randomness = dict(seed=seed)
+    cfg.work_dir = work_dir
+    return cfg, sha1(cfg.pretty_text.encode()).hexdigest()
+
+
+def train_cached(cfg: Config,
+                 seed: int,
+                 work_dir: str,
+                 threads: int,
+                 ledger: Optional[Ledger] = None) -> Outcome:
+    """Train ``cfg`` with ``tools/train.py`` in a fresh process, unless the
+    ledger or ``work_dir`` already holds the outcome of the same config.
 
     Args:
         cfg (Config): The edited config (not modified).
@@ -177,6 +269,9 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
         work_dir (str): The run's work dir; receives ``config.py``, the
             training output ``train.log`` and ``result.json``.
         threads (int): Torch threads of the training process.
+        ledger (Ledger, optional): Where the outcome is looked up first and
+            recorded (an outcome found only in ``result.json`` is recorded
+            too). Defaults to None.
 
     Returns:
         Outcome: The final validation metrics, or the layer collapse that
@@ -186,21 +281,23 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
         RuntimeError: When training fails for another reason; the last lines
             of its log are in the message.
     """
-    cfg = copy.deepcopy(cfg)
-    cfg.randomness = dict(seed=seed)
-    cfg.work_dir = work_dir
-    text = cfg.pretty_text
-    digest = sha1(text.encode()).hexdigest()
+    cfg, digest = run_config(cfg, seed, work_dir)
+    ledger = ledger or Ledger(None)
+    record = ledger.get(digest)
     result_file = osp.join(work_dir, 'result.json')
-    if osp.exists(result_file):
+    if record is None and osp.exists(result_file):
         with open(result_file) as f:
             result = json.load(f)
-        if result.pop('config_sha1', None) == digest:
-            return Outcome(**result, cached=True)
+        if result.get('config_sha1') == digest:
+            record = result
+            ledger.record(digest, **result)
+    if record is not None:
+        return Outcome(
+            record['metrics'], collapsed=record['collapsed'], cached=True)
     os.makedirs(work_dir, exist_ok=True)
     cfg_file = osp.join(work_dir, 'config.py')
     with open(cfg_file, 'w') as f:
-        f.write(text)
+        f.write(cfg.pretty_text)
     log_file = osp.join(work_dir, 'train.log')
     if run_tool(['tools/train.py', cfg_file, '--work-dir', work_dir],
                 log_file, threads):
@@ -215,14 +312,15 @@ def train_cached(cfg: Config, seed: int, work_dir: str,
     else:
         outcome = Outcome(
             final_val_metrics(work_dir, since=osp.getmtime(cfg_file)))
+    result = dict(
+        config_sha1=digest,
+        work_dir=work_dir,
+        metrics=outcome.metrics,
+        collapsed=outcome.collapsed,
+        commit=git_commit())
     with open(result_file, 'w') as f:
-        json.dump(
-            dict(
-                config_sha1=digest,
-                metrics=outcome.metrics,
-                collapsed=outcome.collapsed),
-            f,
-            indent=1)
+        json.dump(result, f, indent=1)
+    ledger.record(digest, **result)
     return outcome
 
 
@@ -294,8 +392,11 @@ def fixed_threads_note(runs: Sequence[Tuple[str, Config, int, str]],
             f'pass --jobs {max(1, threads // fixed[-1])} not to oversubscribe')
 
 
-def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
-              threads: int, tag: str) -> List[Outcome]:
+def train_all(runs: Sequence[Tuple[str, Config, int, str]],
+              jobs: int,
+              threads: int,
+              tag: str,
+              ledger: Optional[Ledger] = None) -> List[Outcome]:
     """Train runs with :func:`train_cached`, ``jobs`` at a time.
 
     Args:
@@ -304,6 +405,8 @@ def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
         jobs (int): Runs trained at the same time.
         threads (int): Torch threads shared among the parallel runs.
         tag (str): Prefix of the progress lines.
+        ledger (Ledger, optional): Where outcomes are looked up and
+            recorded. Defaults to None.
 
     Returns:
         list[Outcome]: One per run, in order.
@@ -322,7 +425,7 @@ def train_all(runs: Sequence[Tuple[str, Config, int, str]], jobs: int,
     def train(run):
         name, cfg, seed, work_dir = run
         try:
-            outcome = train_cached(cfg, seed, work_dir, per_run)
+            outcome = train_cached(cfg, seed, work_dir, per_run, ledger)
         except RuntimeError as error:  # the other runs go on
             print(f'[{tag}] {name} FAILED: {error}', flush=True)
             return error

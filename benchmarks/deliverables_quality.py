@@ -18,7 +18,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from mmengine.config import Config
 
-from .common import ROOT, plan_runs, run_tool, shorten_schedule, train_all
+from .common import (ROOT, Ledger, plan_runs, run_config, run_tool,
+                     section_ledger, shorten_schedule, train_all,
+                     train_cached)
 
 SECTION = 'deliverables_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -90,21 +92,13 @@ def _test_metrics(work_dir: str) -> Dict[str, float]:
 
 def evaluate_deliverables(work_dir: str, threads: int) -> Dict[str, dict]:
     """Export a run's last checkpoint with ``--int8`` and evaluate both ONNX
-    files with ``test_onnx.py``; cached in ``work_dir/onnx_result.json``
-    against the checkpoint's path and modification time.
+    files with ``test_onnx.py``.
 
     Returns:
         dict: ``{'fp32': metrics, 'int8': metrics}``.
     """
     with open(osp.join(work_dir, 'last_checkpoint')) as f:
         checkpoint = f.read().strip()
-    stamp = f'{checkpoint} {osp.getmtime(checkpoint)}'
-    result_file = osp.join(work_dir, 'onnx_result.json')
-    if osp.exists(result_file):
-        with open(result_file) as f:
-            result = json.load(f)
-        if result.pop('checkpoint', None) == stamp:
-            return result
     out_dir = osp.join(work_dir, 'deploy')
     _tool([
         'tools/deploy/export.py',
@@ -122,9 +116,24 @@ def evaluate_deliverables(work_dir: str, threads: int) -> Dict[str, dict]:
             str(threads), '--work-dir', test_dir
         ], osp.join(work_dir, f'test_onnx_{precision}.log'), threads)
         result[precision] = _test_metrics(test_dir)
-    with open(result_file, 'w') as f:
-        json.dump(dict(result, checkpoint=stamp), f, indent=1)
     return result
+
+
+def deliverable_metrics(cfg: Config, seed: int, work_dir: str, threads: int,
+                        ledger: Ledger) -> Dict[str, dict]:
+    """The fp32 and int8 ONNX metrics of a trained run: from the ledger,
+    else :func:`evaluate_deliverables` (recorded in the ledger). A run
+    whose outcome came from the ledger has no checkpoint on this machine:
+    it is trained again first."""
+    _, digest = run_config(cfg, seed, work_dir)
+    onnx = (ledger.get(digest) or {}).get('onnx')
+    if onnx is not None:
+        return onnx
+    if not osp.exists(osp.join(work_dir, 'last_checkpoint')):
+        train_cached(cfg, seed, work_dir, threads)
+    onnx = evaluate_deliverables(work_dir, threads)
+    ledger.record(digest, onnx=onnx)
+    return onnx
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -140,15 +149,16 @@ def bench_deliverables_quality(args) -> List[str]:
     shorten_schedule(base, args.quality_max_iters)
     edits = family(sparsities, args.quality_families)
     planned = plan_runs(base, edits, seeds, SECTION)
-    outcomes = train_all(planned, args.jobs, args.threads, SECTION)
+    ledger = section_ledger(args, SECTION)
+    outcomes = train_all(planned, args.jobs, args.threads, SECTION, ledger)
     per_run = max(1, args.threads // args.jobs)
     rows = {name: [] for name in edits}
-    for (name, _, seed, work_dir), outcome in zip(planned, outcomes):
+    for (name, cfg, seed, work_dir), outcome in zip(planned, outcomes):
         if outcome.collapsed:
             print(f'[{SECTION}] {name}: collapsed, no deliverable',
                   flush=True)
             continue
-        onnx = evaluate_deliverables(work_dir, per_run)
+        onnx = deliverable_metrics(cfg, seed, work_dir, per_run, ledger)
         print(f'[{SECTION}] {name}: PyTorch {outcome.metrics[METRIC]:.2f}, '
               f'fp32 ORT {onnx["fp32"][METRIC]:.2f}, int8 ORT '
               f'{onnx["int8"][METRIC]:.2f}', flush=True)

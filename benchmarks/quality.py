@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from mmengine.config import Config
 
 from .common import (CUB_DEMO, ROOT, SEG_DEMO, SEGFORMER_DEMO, plan_runs,
-                     shorten_schedule, train_all)
+                     section_ledger, shorten_schedule, train_all)
 
 SECTION = 'quality'
 
@@ -94,7 +94,8 @@ def bench_quality(config: str,
     base = Config.fromfile(osp.join(ROOT, config))
     shorten_schedule(base, max_iters)
     planned = plan_runs(base, family, args.seeds, tag)
-    outcomes = train_all(planned, args.jobs, args.threads, tag)
+    outcomes = train_all(planned, args.jobs, args.threads, tag,
+                         section_ledger(args, tag))
     collapsed = [(run[0], o.collapsed) for run, o in zip(planned, outcomes)
                  if o.collapsed]
     if collapsed:

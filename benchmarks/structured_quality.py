@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Sequence
 import torch
 from mmengine.config import Config
 
-from .common import ROOT, plan_runs, shorten_schedule, train_all
+from .common import (ROOT, plan_runs, section_ledger, shorten_schedule,
+                     train_all)
 
 SECTION = 'structured_quality'
 CONFIG = 'configs/demo/epsd_channel_deeplab_voc_demo.py'
@@ -92,7 +93,8 @@ def bench_structured_quality(args) -> List[str]:
     shorten_schedule(base, max_iters)
     planned = plan_runs(base, FAMILY, seeds, 'structured_quality')
     outcomes = iter(
-        train_all(planned, args.jobs, args.threads, 'structured_quality'))
+        train_all(planned, args.jobs, args.threads, 'structured_quality',
+                  section_ledger(args, 'structured_quality')))
     work_dirs = iter(run[3] for run in planned)
     rows = {}
     for method in FAMILY:

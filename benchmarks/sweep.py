@@ -3,9 +3,10 @@
 At 90% sparsity 10% of a small net's weights still suffice and seed spread
 hides every gap; the sweep goes to 99%, where pruning criteria part ways.
 For each task, method, sparsity and seed, ``tools/train.py`` trains the
-edited demo config in a fresh process. A run whose work dir holds a
-``result.json`` for the same config is not trained again, so an interrupted
-sweep resumes where it stopped. The report gets one mean ± std table per
+edited demo config in a fresh process. A run whose config has an outcome
+in the ledger (``benchmarks/results/sweep.jsonl``) or its work dir is not
+trained again, so an interrupted sweep resumes where it stopped, on this
+machine or another. The report gets one mean ± std table per
 metric and task; ``sweep_<task>.png`` next to the report plots each metric
 against sparsity per method, with the seeds' standard deviation as error
 bars.
@@ -34,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from mmengine.config import Config, DictAction
 
 from .common import (CLS_DEMO, ROOT, SEG_DEMO, WORK_ROOT, Outcome,
-                     shorten_schedule, train_all)
+                     section_ledger, shorten_schedule, train_all)
 
 SECTION = 'sweep'
 
@@ -149,8 +150,8 @@ def add_arguments(parser) -> None:
     group.add_argument(
         '--sweep-work-dir',
         default=osp.join(WORK_ROOT, 'sweep'),
-        help='runs and their cached results live here; a run with a '
-        'result.json for the same config is not trained again')
+        help='runs live here (part of each run\'s config, hence of the key '
+        'of its recorded outcome)')
 
 
 def run(args) -> List[Tuple[str, List[str]]]:
@@ -272,7 +273,9 @@ def _execute(runs: List[Run], args) -> List[Optional[Outcome]]:
         point = 'dense' if run.sparsity is None else f'{run.sparsity:g}'
         named.append((f'{run.method.name} @ {point} seed {run.seed}',
                       run.cfg, run.seed, run.work_dir))
-    outcomes = iter(train_all(named, args.jobs, args.threads, 'sweep'))
+    outcomes = iter(
+        train_all(named, args.jobs, args.threads, 'sweep',
+                  section_ledger(args, SECTION)))
     return [None if run.cfg is None else next(outcomes) for run in runs]
 
 

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from benchmarks import SECTIONS  # noqa: E402
-from benchmarks.common import ROOT, versions  # noqa: E402
+from benchmarks.common import RESULTS_DIR, ROOT, versions  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -67,6 +67,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         'deliverables_quality) at the '
         'same time; --threads is split among them')
     parser.add_argument('--out', default=osp.join(ROOT, 'docs/benchmarks.md'))
+    parser.add_argument(
+        '--results-dir',
+        default=RESULTS_DIR,
+        help='where the outcome of every training run is recorded and '
+        'looked up (<section>.jsonl, keyed by the run\'s whole config; '
+        'committed with the tables, so a table is rebuilt or extended on '
+        'another machine without training again); "" records nothing')
     for module in SECTIONS.values():
         if hasattr(module, 'add_arguments'):
             module.add_arguments(parser)
@@ -111,7 +118,10 @@ def write_report(path: str, tables: List[tuple], command: str,
         '# Benchmarks', '',
         'Written by `tools/benchmark.py` (after `make setup`, '
         '`python tools/make_demo_data.py voc` and `... cub`). Absolute '
-        'times depend on the machine; compare the ratios within a table.', ''
+        'times depend on the machine; compare the ratios within a table. '
+        'The outcome of every training run behind a table is in '
+        '`benchmarks/results/<section>.jsonl` where the table was measured '
+        'after that ledger began (2026-12-07).', ''
     ]
     for title, body in blocks.items():
         text += [f'## {title}', '', body, '']

@@ -3,6 +3,7 @@ parallel, and measurements in a fresh process."""
 import json
 import os
 import os.path as osp
+import shutil
 import sys
 
 import pytest
@@ -16,7 +17,8 @@ from benchmarks import common  # noqa: E402
 def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
     cfg = tiny_cfg({'default_hooks.pruning.criterion': 'random'}, max_iters=2)
     work_dir = str(tmp_path / 'run')
-    outcome = common.train_cached(cfg, 0, work_dir, threads=1)
+    ledger = common.Ledger(str(tmp_path / 'results' / 'unit.jsonl'))
+    outcome = common.train_cached(cfg, 0, work_dir, threads=1, ledger=ledger)
     assert not outcome.cached and not outcome.collapsed
     assert {'mIoU', 'aAcc', 'sparsity'} <= set(outcome.metrics)
     assert outcome.metrics['sparsity'] == pytest.approx(0.9, abs=1e-3)
@@ -26,6 +28,14 @@ def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
     assert osp.getmtime(osp.join(work_dir, 'train.log')) == log_time
     with open(osp.join(work_dir, 'result.json')) as f:
         digest = json.load(f)['config_sha1']
+    record = ledger.get(digest)
+    assert record['metrics'] == outcome.metrics
+    assert record['work_dir'] == work_dir and record['commit']
+    # Another machine: the work dir is gone, the committed ledger answers.
+    shutil.rmtree(work_dir)
+    from_ledger = common.train_cached(cfg, 0, work_dir, 1, ledger)
+    assert from_ledger.cached and from_ledger.metrics == outcome.metrics
+    assert not osp.exists(work_dir)
 
     # ~18 of ~175k backbone weights kept over ~20 layers: some layer is
     # left with none, so the hook stops the run -- a result, cached too.
@@ -34,10 +44,30 @@ def test_train_cached_trains_once_and_records_collapse(tiny_cfg, tmp_path):
     collapsed = common.train_cached(cfg, 0, collapse_dir, threads=1)
     assert 'prunes every weight of' in collapsed.collapsed
     assert collapsed.metrics == {}
-    assert common.train_cached(cfg, 0, collapse_dir, threads=1).cached
-    # The cache is keyed by the whole config (here: another sparsity).
+    # An outcome found only in the work dir is recorded in the ledger.
+    assert common.train_cached(cfg, 0, collapse_dir, 1, ledger).cached
     with open(osp.join(collapse_dir, 'result.json')) as f:
-        assert json.load(f)['config_sha1'] != digest
+        collapse_digest = json.load(f)['config_sha1']
+    # The cache is keyed by the whole config (here: another sparsity).
+    assert collapse_digest != digest
+    assert ledger.get(collapse_digest)['collapsed'] == collapsed.collapsed
+
+
+def test_ledger_merges_fields_one_line_per_run(tmp_path):
+    path = str(tmp_path / 'section.jsonl')
+    ledger = common.Ledger(path)
+    ledger.record('a', metrics={'mIoU': 1.0}, collapsed='')
+    ledger.record('b', metrics={}, collapsed='layer x')
+    ledger.record('a', onnx={'fp32': {'mIoU': 1.0}})
+    assert ledger.get('a') == dict(
+        config_sha1='a', metrics={'mIoU': 1.0}, collapsed='',
+        onnx={'fp32': {'mIoU': 1.0}})
+    with open(path) as f:
+        assert [json.loads(line)['config_sha1'] for line in f] == ['a', 'b']
+    assert common.Ledger(path).get('c') is None
+    nowhere = common.Ledger(None)
+    nowhere.record('a', metrics={})
+    assert nowhere.get('a') is None
 
 
 def test_train_all_runs_in_parallel_and_reports_every_failure(
