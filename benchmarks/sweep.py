@@ -67,16 +67,12 @@ class Method:
             every sparsity. Defaults to True.
         top_sparsities (int, optional): Run only at the highest this many
             sparsities. Defaults to None (all).
-        optional (bool): Skip the method, with a note, when its edit is
-            rejected by the pruning hook (e.g. a hook argument that does not
-            exist yet). Defaults to False (raise).
     """
     key: str
     name: str
     edit: Callable[[Config], None]
     pruned: bool = True
     top_sparsities: Optional[int] = None
-    optional: bool = False
 
 
 def _pruning(**kwargs) -> Callable[[Config], None]:
@@ -101,8 +97,7 @@ METHODS = (
         'epsd_it',
         'EPSD-It (3 rounds) + SD',
         _pruning(rounds=3),
-        top_sparsities=2,
-        optional=True),
+        top_sparsities=2),
     # The later pruning-at-initialisation methods, as their authors run
     # them: FORCE on the task loss, NTK-SAP and PHEW without data.
     Method('force', 'FORCE (task loss) + SD',
@@ -175,7 +170,7 @@ def run(args) -> List[Tuple[str, List[str]]]:
             # The plot (all metrics) goes under the headline metric's table.
             tables.append((f'Sparsity sweep: {task.title}, {key}' +
                            (f' ({short} iterations)' if short else ''),
-                           _table(task, key, higher, summary, runs, args,
+                           _table(task, key, higher, summary, args,
                                   '' if index else osp.basename(plot))))
     return tables
 
@@ -196,9 +191,8 @@ class Run:
     method: Method
     sparsity: Optional[float]  # None: dense
     seed: int
-    cfg: Optional[Config]  # None: skipped
+    cfg: Config
     work_dir: str
-    skip_reason: str = ''
 
 
 def _plan(task: SweepTask, args) -> List[Run]:
@@ -221,21 +215,16 @@ def _plan(task: SweepTask, args) -> List[Run]:
             if sparsity is not None:
                 cfg.default_hooks.pruning.sparsity = sparsity
             reason = _hook_rejects(cfg)
-            if reason and not method.optional:
+            if reason:
                 raise ValueError(
                     f'sweep: the pruning hook rejects the config of '
                     f'{method.name!r}: {reason}')
-            if reason and sparsity == points[0]:
-                print(f'[sweep] skipping {method.name!r}: the pruning hook '
-                      f'rejects it ({reason})', flush=True)
             for seed in args.seeds:
                 point = 'dense' if sparsity is None else f's{sparsity:g}'
                 work_dir = osp.join(args.sweep_work_dir,
                                     osp.basename(task.config)[:-3],
                                     _slug(method.name), point, f'seed{seed}')
-                runs.append(
-                    Run(method, sparsity, seed, None if reason else cfg,
-                        work_dir, reason))
+                runs.append(Run(method, sparsity, seed, cfg, work_dir))
     return runs
 
 
@@ -263,20 +252,15 @@ def _slug(name: str) -> str:
 
 
 # Running --------------------------------------------------------------------
-def _execute(runs: List[Run], args) -> List[Optional[Outcome]]:
-    """Train every run that is not skipped (None for those)."""
-    todo = [r for r in runs if r.cfg is not None]
-    if len(todo) < len(runs):
-        print(f'[sweep] {len(runs) - len(todo)} runs skipped', flush=True)
+def _execute(runs: List[Run], args) -> List[Outcome]:
+    """Train every run (or read its recorded outcome)."""
     named = []
-    for run in todo:
+    for run in runs:
         point = 'dense' if run.sparsity is None else f'{run.sparsity:g}'
         named.append((f'{run.method.name} @ {point} seed {run.seed}',
                       run.cfg, run.seed, run.work_dir))
-    outcomes = iter(
-        train_all(named, args.jobs, args.threads, 'sweep',
-                  section_ledger(args, SECTION)))
-    return [None if run.cfg is None else next(outcomes) for run in runs]
+    return train_all(named, args.jobs, args.threads, 'sweep',
+                     section_ledger(args, SECTION))
 
 
 # Reporting ------------------------------------------------------------------
@@ -298,11 +282,9 @@ class Cell:
 Summary = Dict[Tuple[str, Optional[float]], Cell]
 
 
-def _summarise(runs: List[Run], outcomes: List[Optional[Outcome]]) -> Summary:
+def _summarise(runs: List[Run], outcomes: List[Outcome]) -> Summary:
     summary: Summary = {}
     for run, outcome in zip(runs, outcomes):
-        if outcome is None:
-            continue
         cell = summary.setdefault((run.method.name, run.sparsity), Cell())
         cell.collapsed += bool(outcome.collapsed)
         for key, value in outcome.metrics.items():
@@ -315,8 +297,8 @@ def _cell_of(summary: Summary, method: Method, sparsity: float) -> Cell:
                        Cell())
 
 
-def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
-           runs: List[Run], args, plot: str) -> List[str]:
+def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
+           plot: str) -> List[str]:
     sparsities = sorted(args.sweep_sparsities)
     lines = [
         f'`{task.config}`, {key} ({"higher" if higher else "lower"} is '
@@ -344,14 +326,6 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary,
             best[s] = max(means) if higher else min(means)
     off_target = []
     for method in _methods(args):
-        skipped = [
-            r.skip_reason for r in runs if r.method is method and r.skip_reason
-        ]
-        if skipped:
-            reason = skipped[0].replace('|', '/').replace('\n', ' ')
-            lines.append(f'| {method.name} | not run: {reason} |' +
-                         ' |' * (len(sparsities) - 1))
-            continue
         cells = []
         for s in sparsities:
             cell = _cell_of(summary, method, s)

@@ -1,5 +1,4 @@
 """The sparsity-sweep benchmark section: planning, cached runs, report."""
-import inspect
 import os
 import os.path as osp
 import sys
@@ -7,14 +6,10 @@ from argparse import Namespace
 
 import pytest
 
-from epsd_mm.engine.hooks import EarlyPruningHook
-
 ROOT = (osp.dirname(osp.dirname(osp.dirname(
     osp.abspath(__file__)))))
 sys.path.insert(0, ROOT)
 from benchmarks import SECTIONS, sweep  # noqa: E402
-
-HOOK_HAS_ROUNDS = 'rounds' in inspect.signature(EarlyPruningHook).parameters
 
 
 def sweep_args(tmp_path, **kwargs):
@@ -33,10 +28,6 @@ def sweep_args(tmp_path, **kwargs):
     return Namespace(**args)
 
 
-def method(key):
-    return next(m for m in sweep.METHODS if m.key == key)
-
-
 def by_method(runs):
     grouped = {}
     for run in runs:
@@ -52,7 +43,7 @@ def test_plan_covers_the_family(tmp_path):
     assert [(r.sparsity, r.seed) for r in dense] == [(None, 0), (None, 1)]
     assert 'pruning' not in dense[0].cfg.default_hooks
     pruning = {
-        name: [r.cfg.default_hooks.pruning for r in group if r.cfg]
+        name: [r.cfg.default_hooks.pruning for r in group]
         for name, group in runs.items() if name != 'dense + SD'
     }
     for name in ('random + SD', 'SNIP + SD',
@@ -70,15 +61,10 @@ def test_plan_covers_the_family(tmp_path):
     assert (simple.get('criterion', 'prospr'), simple.loss) == ('prospr',
                                                                  'task')
     assert pruning['EPSD (prospr, SD loss) + SD'][0].get('loss', 'sd') == 'sd'
-    # EPSD-It only at the two highest sparsities; skipped with its reason
-    # while the hook has no `rounds` argument.
+    # EPSD-It only at the two highest sparsities
     iterative = runs['EPSD-It (3 rounds) + SD']
     assert [r.sparsity for r in iterative] == [0.95, 0.95, 0.99, 0.99]
-    if HOOK_HAS_ROUNDS:
-        assert all(r.cfg.default_hooks.pruning.rounds == 3 for r in iterative)
-    else:
-        assert all(r.cfg is None and 'rounds' in r.skip_reason
-                   for r in iterative)
+    assert all(r.cfg.default_hooks.pruning.rounds == 3 for r in iterative)
     # The later pruning-at-initialisation methods, as their authors run them
     assert (pruning['FORCE (task loss) + SD'][0].criterion,
             pruning['FORCE (task loss) + SD'][0].loss) == ('force', 'task')
@@ -95,8 +81,8 @@ def test_a_subset_of_methods_is_planned_and_reported(tmp_path):
     runs = sweep._plan(sweep.TASKS['seg'], args)
     assert list(by_method(runs)) == ['dense + SD', 'PHEW + SD']
     rows = [line.split(' | ')[0][2:] for line in sweep._table(
-        sweep.TASKS['seg'], 'mIoU', True, synthetic_summary(), runs, args,
-        '') if line.startswith('| ')]
+        sweep.TASKS['seg'], 'mIoU', True, synthetic_summary(), args, '')
+        if line.startswith('| ')]
     assert rows == ['method', '---', 'dense + SD', 'PHEW + SD']
 
 
@@ -137,8 +123,7 @@ def test_shorter_schedule_scales_the_schedulers_of_every_run(tmp_path):
         assert run.cfg.train_cfg.val_interval == 30
         # the demo's PolyLR ends at 300 of 300 iterations: now 30 of 30
         assert run.cfg.param_scheduler[0].end == 30
-    lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True, {}, runs, args,
-                         '')
+    lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True, {}, args, '')
     assert 'stopped after 30 iterations' in lines[0]
     # the classification demo trains by epochs: told how to shorten it
     with pytest.raises(ValueError, match='train_cfg.max_epochs'):
@@ -192,14 +177,10 @@ def synthetic_summary():
     return summary
 
 
-def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
+def test_table_marks_best_collapse_and_missing_cells(tmp_path):
     args = sweep_args(tmp_path, sweep_sparsities=[0.99, 0.9], seeds=[0, 1])
-    runs = [
-        sweep.Run(method('epsd_it'), 0.99, 0, None, 'x',
-                  "TypeError: no argument 'rounds' | here")
-    ]
     lines = sweep._table(sweep.TASKS['seg'], 'mIoU', True,
-                         synthetic_summary(), runs, args, 'sweep_seg.png')
+                         synthetic_summary(), args, 'sweep_seg.png')
     rows = {line.split(' | ')[0][2:]: line for line in lines
             if line.startswith('| ')}
     assert rows['method'] == '| method | 90% | 99% |'
@@ -213,20 +194,17 @@ def test_table_marks_best_collapse_and_skipped_rows(tmp_path):
         '| random + SD | 52.00 ± 2.83 | 20.00 ± 0.00 (1 collapsed) |')
     assert rows['simple combination (prospr, task loss) + SD'].endswith(
         '| – | – |')
-    assert rows['EPSD-It (3 rounds) + SD'] == (
-        "| EPSD-It (3 rounds) + SD | not run: TypeError: no argument "
-        "'rounds' / here | |")
     assert '![Demo segmentation (DeepLabV3, VOC layout) vs sparsity]' \
         '(sweep_seg.png)' in lines
     # A dense reference equal to the best pruned mean stays plain.
     tied = synthetic_summary()
     tied[('dense + SD', None)] = sweep.Cell(values={'mIoU': [60.0, 60.0]})
-    tied_rows = sweep._table(sweep.TASKS['seg'], 'mIoU', True, tied, [],
-                             args, '')
+    tied_rows = sweep._table(sweep.TASKS['seg'], 'mIoU', True, tied, args,
+                             '')
     assert '| dense + SD | 60.00 ± 0.00 | 60.00 ± 0.00 |' in tied_rows
     assert '| SNIP + SD | **60.00 ± 0.00** | collapse |' in tied_rows
     lower = sweep._table(sweep.TASKS['seg'], 'mIoU', False,
-                         synthetic_summary(), [], args, '')
+                         synthetic_summary(), args, '')
     assert '| SNIP + SD | 60.00 ± 0.00 | collapse |' in lower
     assert not any(line.startswith('![') for line in lower)
 
