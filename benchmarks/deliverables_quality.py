@@ -87,7 +87,11 @@ def _test_metrics(work_dir: str) -> Dict[str, float]:
     if not runs:
         raise RuntimeError(f'{work_dir}: the test run logged no metrics')
     with open(osp.join(work_dir, runs[-1], f'{runs[-1]}.json')) as f:
-        return json.loads(f.readlines()[-1])
+        record = json.loads(f.readlines()[-1])
+    return {
+        k: v
+        for k, v in record.items() if k not in ('step', 'time', 'data_time')
+    }
 
 
 def evaluate_deliverables(work_dir: str, threads: int) -> Dict[str, dict]:
