@@ -230,14 +230,19 @@ def section_ledger(args, section: str) -> Ledger:
 
 
 def git_commit() -> str:
-    """The repository's HEAD, with ``+dirty`` when the tree has changes."""
+    """The repository's HEAD, with ``+dirty`` when tracked files other than
+    the ledgers have changes."""
     try:
         head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'],
                               cwd=ROOT,
                               capture_output=True,
                               text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '-uno'],
+        # The ledgers themselves change as runs finish: not code.
+        dirty = subprocess.run([
+            'git', 'status', '--porcelain', '-uno', '--', '.',
+            ':!benchmarks/results'
+        ],
                                cwd=ROOT,
                                capture_output=True,
                                text=True).stdout.strip()
