@@ -194,9 +194,21 @@ class Ledger:
     def _read(self) -> Dict[str, dict]:
         if self.path is None or not osp.exists(self.path):
             return {}
+        records = {}
         with open(self.path) as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        return {r['config_sha1']: r for r in records}
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    records[record['config_sha1']] = record
+                except (ValueError, KeyError, TypeError) as error:
+                    raise ValueError(
+                        f'{self.path}, line {number}: not a run record '
+                        f'({type(error).__name__}: {error}). Restore the '
+                        f'file with `git checkout -- {self.path}`, or delete '
+                        'the line (its run trains again).') from error
+        return records
 
     def get(self, digest: str) -> Optional[dict]:
         """The record of the run whose config has sha1 ``digest``."""

@@ -70,6 +70,19 @@ def test_ledger_merges_fields_one_line_per_run(tmp_path):
     assert nowhere.get('a') is None
 
 
+@pytest.mark.parametrize('line', ['{"metrics": {}', '{"metrics": {}}', '[]'])
+def test_ledger_names_a_bad_line_and_the_fix(tmp_path, line):
+    path = tmp_path / 'section.jsonl'
+    path.write_text('{"config_sha1": "a", "metrics": {}}\n\n' + line + '\n')
+    ledger = common.Ledger(str(path))
+    with pytest.raises(ValueError, match=r'line 3: not a run record.*'
+                       r'git checkout -- .*delete the line'):
+        ledger.get('a')
+    with pytest.raises(ValueError, match='line 3'):
+        ledger.record('b', metrics={})
+    assert path.read_text().endswith(line + '\n')  # nothing rewritten
+
+
 def test_train_all_runs_in_parallel_and_reports_every_failure(
         tiny_cfg, tmp_path, capsys):
     good = tiny_cfg({'default_hooks.pruning.criterion': 'random'},
