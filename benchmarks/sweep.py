@@ -303,7 +303,8 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
     lines = [
         f'`{task.config}`, {key} ({"higher" if higher else "lower"} is '
         f'better) at each backbone sparsity; mean ± std over seeds '
-        f'{list(args.seeds)}; the best pruned method of each column in bold. '
+        f'{list(args.seeds)}; in bold the best pruned method of each column '
+        'among those that trained every seed. '
         'Dense rows are trained once per seed and repeated in every column. '
         '"collapse": the criterion pruned every weight of a layer, so the '
         'pruning hook refused to train (with `--sweep-cfg-options '
@@ -316,11 +317,14 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
         '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
         '| --- |' + ' ---: |' * len(sparsities)
     ]
+    # A mean over the seeds that survived a collapse is not comparable with
+    # a mean over every seed: only methods that trained every seed compete.
     best = {}
     for s in sparsities:
         means = [
             stats[0] for method in _methods(args) if method.pruned
-            if (stats := _cell_of(summary, method, s).mean_std(key))
+            if not (cell := _cell_of(summary, method, s)).collapsed
+            if (stats := cell.mean_std(key))
         ]
         if means:
             best[s] = max(means) if higher else min(means)
@@ -334,7 +338,8 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
                 cells.append('collapse' if cell.collapsed else '–')
                 continue
             text = f'{stats[0]:.2f} ± {stats[1]:.2f}'
-            if method.pruned and stats[0] == best.get(s):
+            if method.pruned and not cell.collapsed and stats[0] == best.get(
+                    s):
                 text = f'**{text}**'
             if cell.collapsed:
                 text += f' ({cell.collapsed} collapsed)'

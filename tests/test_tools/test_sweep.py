@@ -192,6 +192,16 @@ def test_table_marks_best_collapse_and_missing_cells(tmp_path):
         '| EPSD (prospr, SD loss) + SD | 59.50 ± 2.12 | **32.00 ± 2.83** |')
     assert rows['random + SD'] == (
         '| random + SD | 52.00 ± 2.83 | 20.00 ± 0.00 (1 collapsed) |')
+    # A higher mean over the seeds that survived a collapse is not bold.
+    survivor = synthetic_summary()
+    survivor[('random + SD', 0.99)] = sweep.Cell(
+        values={'mIoU': [40.0], 'sparsity': [0.99]}, collapsed=1)
+    survivor_rows = sweep._table(sweep.TASKS['seg'], 'mIoU', True, survivor,
+                                 args, '')
+    assert '| random + SD | 52.00 ± 2.83 | 40.00 ± 0.00 (1 collapsed) |' \
+        in survivor_rows
+    assert ('| EPSD (prospr, SD loss) + SD | 59.50 ± 2.12 | '
+            '**32.00 ± 2.83** |') in survivor_rows
     assert rows['simple combination (prospr, task loss) + SD'].endswith(
         '| – | – |')
     assert '![Demo segmentation (DeepLabV3, VOC layout) vs sparsity]' \
