@@ -363,7 +363,8 @@ def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
                sparsities: Sequence[float], path: str) -> None:
     """One panel per metric: mean ± std over seeds against sparsity, one
     line per method, dense methods as a horizontal band; an ``x`` on the
-    lower edge marks a sparsity where every seed of a method collapsed."""
+    lower edge marks a sparsity where every seed of a method collapsed, an
+    open marker a mean over the seeds that survived a collapse."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -388,12 +389,14 @@ def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
                     ax.axhspan(
                         mean - std, mean + std, color=colour, alpha=0.15)
                 continue
-            points = []
+            points, partial = [], []
             for s in sparsities:
                 cell = _cell_of(summary, method, s)
                 stats = cell.mean_std(key)
                 if stats:
                     points.append((1 - s, *stats))
+                    if cell.collapsed:
+                        partial.append((1 - s, stats[0]))
                 elif cell.collapsed:
                     collapsed.append((1 - s, colour))
             if points:
@@ -406,6 +409,9 @@ def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
                     marker='o',
                     capsize=3,
                     label=method.name)
+            for x_partial, mean_partial in partial:
+                ax.plot(x_partial, mean_partial, marker='o', mfc='white',
+                        color=colour, zorder=3)
         low = ax.set_ylim(ax.get_ylim())[0]  # the marks must not rescale
         for x, colour in collapsed:
             ax.plot(x, low, marker='x', color=colour, ms=10, mew=2,
@@ -414,7 +420,8 @@ def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
         ax.set_xticks(densities, [f'{s:.0%}' for s in sparsities])
         ax.minorticks_off()
         ax.invert_xaxis()
-        ax.set_xlabel('backbone sparsity (x: layer collapse)')
+        ax.set_xlabel('backbone sparsity (x: every seed collapsed, '
+                      'open: some seeds collapsed)')
         ax.set_ylabel(f'{key} ({"higher" if higher else "lower"} is better)')
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
