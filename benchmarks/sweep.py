@@ -317,14 +317,12 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
         '| method | ' + ' | '.join(f'{s:.0%}' for s in sparsities) + ' |',
         '| --- |' + ' ---: |' * len(sparsities)
     ]
-    # A mean over the seeds that survived a collapse is not comparable with
-    # a mean over every seed: only methods that trained every seed compete.
     best = {}
     for s in sparsities:
         means = [
-            stats[0] for method in _methods(args) if method.pruned
-            if not (cell := _cell_of(summary, method, s)).collapsed
-            if (stats := cell.mean_std(key))
+            mean for method in _methods(args) if method.pruned
+            if (mean := _ranked_mean(_cell_of(summary, method, s), key))
+            is not None
         ]
         if means:
             best[s] = max(means) if higher else min(means)
@@ -338,8 +336,8 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
                 cells.append('collapse' if cell.collapsed else '–')
                 continue
             text = f'{stats[0]:.2f} ± {stats[1]:.2f}'
-            if method.pruned and not cell.collapsed and stats[0] == best.get(
-                    s):
+            if (method.pruned and s in best
+                    and _ranked_mean(cell, key) == best[s]):
                 text = f'**{text}**'
             if cell.collapsed:
                 text += f' ({cell.collapsed} collapsed)'
@@ -353,6 +351,14 @@ def _table(task: SweepTask, key: str, higher: bool, summary: Summary, args,
             '', 'Measured sparsity off target: ' + '; '.join(off_target) + '.'
         ]
     return lines
+
+
+def _ranked_mean(cell: Cell, key: str) -> Optional[float]:
+    """The cell's mean if every seed trained, else None: a mean over the
+    seeds that survived a collapse is not comparable with one over every
+    seed, so it never competes for the bold mark."""
+    stats = cell.mean_std(key)
+    return None if cell.collapsed or stats is None else stats[0]
 
 
 def _format_options(options: dict) -> str:
@@ -409,8 +415,8 @@ def plot_sweep(task: SweepTask, methods: Sequence[Method], summary: Summary,
                     marker='o',
                     capsize=3,
                     label=method.name)
-            for x_partial, mean_partial in partial:
-                ax.plot(x_partial, mean_partial, marker='o', mfc='white',
+            if partial:
+                ax.plot(*zip(*partial), ls='', marker='o', mfc='white',
                         color=colour, zorder=3)
         low = ax.set_ylim(ax.get_ylim())[0]  # the marks must not rescale
         for x, colour in collapsed:
